@@ -1,0 +1,122 @@
+"""The command line: parse, set up logging and signals, call one function, turn errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__, sender
+from .config import Config, ConfigError, load_config
+from .daemon import prepare_folders, run_forever, run_once
+from .ledger import Ledger
+from .report import retry_failed, status_text
+
+LOGGER = logging.getLogger("zip2pacs")
+
+EXIT_OK, EXIT_UNDELIVERED, EXIT_CONFIG = 0, 1, 2
+LOG_FORMAT = "%(asctime)s | %(levelname)s | %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom_zip_watcher.py",
+        description="Watch a folder for ZIP exports of DICOM studies and store every instance on a PACS by C-STORE.",
+        epilog="Exit codes: 0 ok, 1 some ZIP not delivered (or the peer check failed), 2 configuration error.",
+    )
+    parser.add_argument("config", type=Path, help="the YAML configuration file (see config.yaml)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="deliver the ZIPs present now, then exit")
+    mode.add_argument("--check", action="store_true", help="validate the configuration and C-ECHO the peer")
+    mode.add_argument("--status", action="store_true", help="summarise the ledger: ZIPs by state, pending, failures")
+    mode.add_argument("--retry-failed", action="store_true", help="move ZIPs from failed_dir back to the watch folder")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def setup_logging(config: Config) -> None:
+    """Log to the configured file and to the console, ``time | LEVEL | message``."""
+    config.log_file.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(LOG_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(config.log_level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    file_handler = logging.FileHandler(config.log_file, encoding="utf-8")
+    console = logging.StreamHandler(sys.stderr)
+    for handler in (file_handler, console):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    # pynetdicom narrates every PDU at INFO; keep its warnings only unless debugging.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.WARNING)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT ask the loop to stop after the instance under way."""
+
+    def handler(signum: int, _frame: object) -> None:
+        LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def check(config: Config) -> int:
+    """Print the configuration summary and the outcome of a C-ECHO to the peer."""
+    peer = config.peer
+    print(f"Configuration {config.source}: OK")
+    print(f"Watch folder {config.watch_dir}; ledger {config.state_db}")
+    print(f"Peer {peer.ae_title} at {peer.host}:{peer.port}, calling AE title {peer.local_ae_title}")
+    try:
+        result = sender.echo(peer)
+    except sender.PeerUnavailable as exc:
+        print(f"C-ECHO failed: {exc}")
+        return EXIT_UNDELIVERED
+    if not result.ok:
+        print(f"C-ECHO failed: {result.detail}")
+        return EXIT_UNDELIVERED
+    print(f"C-ECHO OK in {result.seconds * 1000:.1f} ms. {result.detail}".rstrip())
+    print("Note: a successful echo does not prove the peer will store from this AE title; check its configuration.")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"Error: invalid configuration in {exc.path}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        prepare_folders(config)
+    except OSError as exc:
+        print(f"Error: cannot create folder {exc.filename}: {exc.strerror} (check paths in {config.source})", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        return check(config)
+    if args.status:
+        with Ledger(config.state_db) as ledger:
+            print(status_text(ledger, config))
+        return EXIT_OK
+    if args.retry_failed:
+        moved = retry_failed(config)
+        print(f"Moved {len(moved)} ZIP(s) from {config.failed_dir} back to {config.watch_dir}")
+        return EXIT_OK
+    setup_logging(config)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    peer = config.peer
+    LOGGER.info("DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port)
+    if args.once:
+        delivered = run_once(config, stop)
+        return EXIT_OK if delivered else EXIT_UNDELIVERED
+    run_forever(config, stop)
+    LOGGER.info("Stopped")
+    return EXIT_OK

@@ -1,0 +1,84 @@
+"""The service loops: deliver what is there once, or keep watching until asked to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .config import Config
+from .intake import ReadyZip, StabilityTracker, list_zips, start_observer
+from .ledger import Ledger, ZipState
+from .pipeline import Pipeline, ZipOutcome
+
+LOGGER = logging.getLogger(__name__)
+
+
+def prepare_folders(config: Config) -> None:
+    """Create the configured folders that do not exist yet."""
+    for folder in (config.watch_dir, config.work_dir, config.archive_dir, config.failed_dir, config.state_db.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _safe_process(pipeline: Pipeline, z: ReadyZip) -> ZipOutcome | None:
+    """Process one ZIP; an unexpected error is logged once with its traceback and the ZIP stays put."""
+    try:
+        return pipeline.process_zip(z)
+    except Exception:
+        LOGGER.exception("%s: unexpected error; the ZIP stays in %s and is tried again later", z.path.name, z.path.parent)
+        return None
+
+
+def run_once(config: Config, stop: threading.Event | None = None) -> bool:
+    """Deliver every ZIP in the watch folder once it is completely written; return True if all were delivered."""
+    stop = stop or threading.Event()
+    prepare_folders(config)
+    tracker = StabilityTracker(config.wait_zip_complete_seconds)
+    all_delivered = True
+    done: set[str] = set()
+    with Ledger(config.state_db) as ledger:
+        pipeline = Pipeline(config, ledger, stop)
+        while not stop.is_set():
+            present = [z for z in list_zips(config.watch_dir) if z.path.name not in done]
+            if not present:
+                break
+            for z in tracker.stable(present):
+                if stop.is_set():
+                    break
+                outcome = _safe_process(pipeline, z)
+                done.add(z.path.name)
+                if outcome is None or outcome.state not in (ZipState.DELIVERED, ZipState.DUPLICATE):
+                    all_delivered = False
+            wait = tracker.seconds_to_next()
+            if wait:
+                stop.wait(min(wait, 1.0))
+    return all_delivered and not stop.is_set()
+
+
+def run_forever(config: Config, stop: threading.Event) -> None:
+    """Deliver ZIPs as they arrive until ``stop`` is set; a rescan every poll interval is the source of truth."""
+    prepare_folders(config)
+    tracker = StabilityTracker(config.wait_zip_complete_seconds)
+    wake = threading.Event()
+    observer = start_observer(config.watch_dir, wake, config.observer, min(config.poll_interval_seconds, 2.0))
+    try:
+        with Ledger(config.state_db) as ledger:
+            pipeline = Pipeline(config, ledger, stop)
+            broken: dict[ReadyZip, float] = {}  # ZIPs that hit an unexpected error -> when to try again
+            while not stop.is_set():
+                for z in tracker.stable(list_zips(config.watch_dir)):
+                    if stop.is_set():
+                        break
+                    ready = pipeline.due(z) and broken.get(z, 0.0) <= time.monotonic()
+                    if ready and _safe_process(pipeline, z) is None:
+                        broken[z] = time.monotonic() + config.retry_base_seconds
+                waits = [config.poll_interval_seconds, tracker.seconds_to_next(), pipeline.next_retry_in()]
+                timeout = min(w for w in waits if w is not None)
+                # Wake early on a file event or a stop request; a short floor keeps a busy folder from spinning.
+                deadline = time.monotonic() + max(timeout, 0.2)
+                while not stop.is_set() and not wake.is_set() and time.monotonic() < deadline:
+                    wake.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                wake.clear()
+    finally:
+        observer.stop()
+        observer.join(timeout=5)

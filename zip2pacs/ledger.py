@@ -1,0 +1,279 @@
+"""The only module that touches SQLite: ZIPs seen, instances delivered per peer, and their outcomes."""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+SCHEMA_VERSION = 1
+
+# Each migration takes the database from version N-1 to N, in one transaction.
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE zips (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        name TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime REAL NOT NULL,
+        state TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        updated REAL NOT NULL,
+        found INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0,
+        duplicates INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        changed INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_retry REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        final_path TEXT NOT NULL DEFAULT '',
+        UNIQUE (sha256, peer)
+    );
+    CREATE INDEX zips_by_file ON zips (name, size, mtime, peer);
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        peer TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        study_uid TEXT NOT NULL,
+        series_uid TEXT NOT NULL,
+        transfer_syntax TEXT NOT NULL,
+        zip_id INTEGER REFERENCES zips (id),
+        zip_name TEXT NOT NULL,
+        status INTEGER,
+        outcome TEXT NOT NULL,
+        stored_at REAL NOT NULL
+    );
+    CREATE INDEX instances_by_uid ON instances (peer, sop_instance_uid);
+    CREATE INDEX instances_by_sha ON instances (peer, sha256);
+    """,
+}
+
+
+class ZipState(enum.Enum):
+    PENDING = "pending"  # not (fully) delivered yet; retried
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"  # the same ZIP bytes were delivered before
+    FAILED = "failed"  # moved to failed_dir
+
+
+@dataclass(frozen=True)
+class ZipRecord:
+    id: int
+    sha256: str
+    name: str
+    state: ZipState
+    first_seen: float
+    attempts: int
+    next_retry: float | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class Delivered:
+    sha256: str
+    zip_name: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    found: int = 0
+    sent: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    failed: int = 0
+    changed: int = 0
+
+
+_ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error"
+
+
+def _zip(row: tuple) -> ZipRecord:
+    return ZipRecord(row[0], row[1], row[2], ZipState(row[3]), row[4], row[5], row[6], row[7])
+
+
+class Ledger:
+    """SQLite state in WAL mode; every write commits at once so a crash loses at most the write under way."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: ledger schema {version} is newer than this program ({SCHEMA_VERSION})")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={target}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    # --- ZIPs ---------------------------------------------------------------------------------
+
+    def zip_by_file(self, name: str, size: int, mtime: float, peer: str) -> ZipRecord | None:
+        """Return the newest record of a ZIP with this name, size and mtime for ``peer``, without hashing it."""
+        row = self.db.execute(
+            f"SELECT {_ZIP_COLUMNS} FROM zips WHERE name=? AND size=? AND mtime=? AND peer=? ORDER BY updated DESC",
+            (name, size, mtime, peer),
+        ).fetchone()
+        return _zip(row) if row else None
+
+    def zip_by_sha(self, sha256: str, peer: str) -> ZipRecord | None:
+        """Return the record of the ZIP with these bytes for ``peer``, or None."""
+        row = self.db.execute(f"SELECT {_ZIP_COLUMNS} FROM zips WHERE sha256=? AND peer=?", (sha256, peer)).fetchone()
+        return _zip(row) if row else None
+
+    def zip_begin(self, sha256: str, peer: str, name: str, size: int, mtime: float) -> ZipRecord:
+        """Return the ZIP's record, created as pending if new; count one more attempt."""
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO zips (sha256, peer, name, size, mtime, state, first_seen, updated) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (sha256, peer) DO UPDATE SET name=excluded.name, size=excluded.size, mtime=excluded.mtime",
+            (sha256, peer, name, size, mtime, ZipState.PENDING.value, now, now),
+        )
+        self.db.execute("UPDATE zips SET attempts=attempts+1, updated=? WHERE sha256=? AND peer=?", (now, sha256, peer))
+        record = self.zip_by_sha(sha256, peer)
+        assert record is not None
+        return record
+
+    def zip_finish(
+        self,
+        zip_id: int,
+        state: ZipState,
+        counts: Counts,
+        error: str = "",
+        next_retry: float | None = None,
+        final_path: str = "",
+    ) -> None:
+        """Record the outcome of one attempt at a ZIP."""
+        self.db.execute(
+            "UPDATE zips SET state=?, found=?, sent=?, duplicates=?, skipped=?, failed=?, changed=?, "
+            "last_error=?, next_retry=?, final_path=?, updated=? WHERE id=?",
+            (
+                state.value,
+                counts.found,
+                counts.sent,
+                counts.duplicates,
+                counts.skipped,
+                counts.failed,
+                counts.changed,
+                error,
+                next_retry,
+                final_path,
+                time.time(),
+                zip_id,
+            ),
+        )
+
+    def reset_failed(self, sha256: str, peer: str) -> None:
+        """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed)."""
+        self.db.execute(
+            "UPDATE zips SET state=?, attempts=0, next_retry=NULL, first_seen=?, updated=? "
+            "WHERE sha256=? AND peer=? AND state=?",
+            (ZipState.PENDING.value, time.time(), time.time(), sha256, peer, ZipState.FAILED.value),
+        )
+
+    # --- instances ------------------------------------------------------------------------------
+
+    def delivered_by_uid(self, peer: str, sop_instance_uid: str) -> Delivered | None:
+        """Return the first delivery of this SOP Instance UID to ``peer``, or None."""
+        row = self.db.execute(
+            "SELECT sha256, zip_name FROM instances WHERE peer=? AND sop_instance_uid=? ORDER BY id LIMIT 1",
+            (peer, sop_instance_uid),
+        ).fetchone()
+        return Delivered(row[0], row[1]) if row else None
+
+    def delivered_by_sha(self, peer: str, sha256: str) -> Delivered | None:
+        """Return the first delivery of a file with these bytes to ``peer``, or None."""
+        row = self.db.execute(
+            "SELECT sha256, zip_name FROM instances WHERE peer=? AND sha256=? ORDER BY id LIMIT 1", (peer, sha256)
+        ).fetchone()
+        return Delivered(row[0], row[1]) if row else None
+
+    def record_delivery(
+        self,
+        peer: str,
+        zip_id: int,
+        zip_name: str,
+        *,
+        sop_instance_uid: str,
+        sha256: str,
+        sop_class_uid: str,
+        study_uid: str,
+        series_uid: str,
+        transfer_syntax: str,
+        status: int | None,
+        outcome: str,
+    ) -> None:
+        """Record one instance stored on ``peer`` (committed at once: it must never be sent twice)."""
+        self.db.execute(
+            "INSERT INTO instances (peer, sop_instance_uid, sha256, sop_class_uid, study_uid, series_uid, "
+            "transfer_syntax, zip_id, zip_name, status, outcome, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                peer,
+                sop_instance_uid,
+                sha256,
+                sop_class_uid,
+                study_uid,
+                series_uid,
+                transfer_syntax,
+                zip_id,
+                zip_name,
+                status,
+                outcome,
+                time.time(),
+            ),
+        )
+
+    # --- reports --------------------------------------------------------------------------------
+
+    def zips_by_state(self) -> dict[str, int]:
+        """Return how many ZIPs are in each state."""
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM zips GROUP BY state").fetchall())
+
+    def instance_count(self) -> int:
+        """Return how many instance deliveries are recorded."""
+        return self.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+
+    def pending(self) -> list[tuple[str, str, int, float | None, str]]:
+        """Return (name, peer, attempts, next_retry, last_error) of every pending ZIP."""
+        return self.db.execute(
+            "SELECT name, peer, attempts, next_retry, last_error FROM zips WHERE state=? ORDER BY first_seen",
+            (ZipState.PENDING.value,),
+        ).fetchall()
+
+    def recent_failures(self, limit: int = 10) -> list[tuple[str, float, str, str]]:
+        """Return (name, updated, last_error, final_path) of the latest failed ZIPs."""
+        return self.db.execute(
+            "SELECT name, updated, last_error, final_path FROM zips WHERE state=? ORDER BY updated DESC LIMIT ?",
+            (ZipState.FAILED.value, limit),
+        ).fetchall()

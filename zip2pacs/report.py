@@ -1,0 +1,52 @@
+"""Operator commands: a readable status from the ledger, and sending failed ZIPs round again."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .config import Config
+from .intake import is_candidate
+from .ledger import Ledger
+from .moves import move_unique
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "at the next start"
+    left = ts - time.time()
+    stamp = datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} (in {left:.0f} s)" if left > 0 else f"{stamp} (due now)"
+
+
+def status_text(ledger: Ledger, config: Config) -> str:
+    """Return the ledger summary that ``--status`` prints."""
+    states = ledger.zips_by_state()
+    lines = [
+        f"Ledger {config.state_db}",
+        f"Peer {config.peer.key}",
+        "ZIPs: " + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
+        f"Instances delivered: {ledger.instance_count()}",
+    ]
+    pending = ledger.pending()
+    if pending:
+        lines.append("Pending:")
+        for name, peer, attempts, next_retry, error in pending:
+            lines.append(f"  {name} -> {peer}: {attempts} attempt(s), next {_when(next_retry)}; last error: {error or '-'}")
+    failures = ledger.recent_failures()
+    if failures:
+        lines.append("Recent failures:")
+        for name, updated, error, final_path in failures:
+            stamp = datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(f"  {stamp} {name}: {error} ({final_path})")
+    return "\n".join(lines)
+
+
+def retry_failed(config: Config) -> list[Path]:
+    """Move every ZIP in failed_dir back to the watch folder; return their new paths."""
+    moved = []
+    for path in sorted(config.failed_dir.iterdir()):
+        if path.is_file() and is_candidate(path.name):
+            moved.append(move_unique(path, config.watch_dir))
+    return moved
