@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__, sender
 from .config import Config, ConfigError, load_config
 from .daemon import prepare_folders, run_forever, run_once
+from .demo import run_demo
 from .ledger import Ledger
 from .report import retry_failed, status_text
 
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch a folder for ZIP exports of DICOM studies and store every instance on a PACS by C-STORE.",
         epilog="Exit codes: 0 ok, 1 some ZIP not delivered (or the peer check failed), 2 configuration error.",
     )
-    parser.add_argument("config", type=Path, help="the YAML configuration file (see config.yaml)")
+    parser.add_argument("config", type=Path, nargs="?", help="the YAML configuration file (see config.yaml)")
     mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--demo", action="store_true", help="deliver generated studies to an embedded PACS, no config needed")
     mode.add_argument("--once", action="store_true", help="deliver the ZIPs present now, then exit")
     mode.add_argument("--check", action="store_true", help="validate the configuration and C-ECHO the peer")
     mode.add_argument("--status", action="store_true", help="summarise the ledger: ZIPs by state, pending, failures")
@@ -37,21 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(config: Config) -> None:
-    """Log to the configured file and to the console, ``time | LEVEL | message``."""
-    config.log_file.parent.mkdir(parents=True, exist_ok=True)
-    formatter = logging.Formatter(LOG_FORMAT)
+def setup_logging(config: Config | None, level: str = "INFO") -> None:
+    """Log to the console and, given a config, to its log file: ``time | LEVEL | message``."""
+    level = config.log_level if config else level
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config is not None:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(config.log_file, encoding="utf-8"))
     root = logging.getLogger()
-    root.setLevel(config.log_level)
+    root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    file_handler = logging.FileHandler(config.log_file, encoding="utf-8")
-    console = logging.StreamHandler(sys.stderr)
-    for handler in (file_handler, console):
-        handler.setFormatter(formatter)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     # pynetdicom narrates every PDU at INFO; keep its warnings only unless debugging.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+
+
+def demo() -> int:
+    """Run the pipeline on generated studies against an embedded Storage SCP and say what arrived."""
+    setup_logging(None)
+    delivered, received, config = run_demo()
+    print(f"Demo: {len(received.uids)} instances of {len(received.studies)} studies stored by the embedded SCP")
+    print(f"      (AE title {config.peer.ae_title} on 127.0.0.1:{config.peer.port}); every ZIP archived: {delivered}.")
+    print("Next: edit config.yaml for your PACS, then run: python dicom_zip_watcher.py config.yaml --check")
+    return EXIT_OK if delivered and received.uids else EXIT_UNDELIVERED
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -86,7 +99,12 @@ def check(config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        return demo()
+    if args.config is None:
+        parser.error("the configuration file is required (or use --demo)")
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -1,0 +1,226 @@
+"""Pipeline and service loop against a real in-process pynetdicom Storage SCP that records what it receives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from zip2pacs.config import parse_config
+from zip2pacs.daemon import run_once
+from zip2pacs.intake import list_zips
+from zip2pacs.ledger import Ledger, ZipState
+from zip2pacs.pipeline import Pipeline
+from zip2pacs.synth import write_study, zip_folder
+
+
+class RecordingSCP:
+    """A Storage SCP that records each C-STORE and answers ``status_for(dataset)``."""
+
+    def __init__(self):
+        self.stored: list[str] = []
+        self.requests = 0
+        self.status_for = lambda ds: 0x0000
+        self.lock = threading.Lock()
+        ae = AE(ae_title="TESTPACS")
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self.handle)])
+        self.port = self.server.server_address[1]
+
+    def handle(self, event):
+        ds = event.dataset
+        status = self.status_for(ds)
+        with self.lock:
+            self.requests += 1
+            if status in (0x0000, 0xB000):
+                self.stored.append(str(ds.SOPInstanceUID))
+        return status
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def scp():
+    server = RecordingSCP()
+    yield server
+    server.stop()
+
+
+def make_config(root: Path, port: int, **behavior):
+    raw = {
+        "dicom": {"peer_port": port, "peer_ae_title": "TESTPACS", "acse_timeout": 5, "dimse_timeout": 5, "network_timeout": 5},
+        "behavior": {"wait_zip_complete_seconds": 0, "retry_base_seconds": 60, **behavior},
+        "limits": {"min_free_disk_mb": 0},
+    }
+    return parse_config(raw, root / "config.yaml")
+
+
+def study_zip(root: Path, name: str, seed: int, junk: bool = True, n_series: int = 2, per_series: int = 3) -> Path:
+    source = root / "src" / name
+    files = write_study(source, seed=seed, n_series=n_series, per_series=per_series, rows=8, cols=8)
+    if junk:
+        (source / "README.TXT").write_text("Viewer instructions")
+        (source / "autorun.inf").write_bytes(b"[autorun]\r\n")
+    path = zip_folder(source, root / "incoming" / name)
+    return path, [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+
+
+def process_all(config):
+    with Ledger(config.state_db) as ledger:
+        pipeline = Pipeline(config, ledger)
+        return [pipeline.process_zip(z) for z in list_zips(config.watch_dir)]
+
+
+def test_zip_is_delivered_archived_and_recorded(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=1)
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DELIVERED
+    assert sorted(scp.stored) == sorted(uids)
+    assert (outcome.counts.found, outcome.counts.sent, outcome.counts.skipped) == (6, 6, 2)
+    assert not zip_path.exists() and (config.archive_dir / "study.zip").exists()
+    assert list(config.work_dir.iterdir()) == []
+    with Ledger(config.state_db) as ledger:
+        assert ledger.instance_count() == 6
+        assert ledger.zips_by_state() == {"delivered": 1}
+
+
+def test_same_zip_again_is_archived_as_duplicate_without_sending(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    zip_path, _ = study_zip(tmp_path, "study.zip", seed=1)
+    copy = tmp_path / "copy.zip"
+    shutil.copy(zip_path, copy)
+    process_all(config)
+    shutil.move(copy, config.watch_dir / "study.zip")
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DUPLICATE
+    assert scp.requests == 6
+    assert sorted(p.name for p in config.archive_dir.iterdir()) == ["study-1.zip", "study.zip"]
+
+
+def test_other_zip_with_the_same_instances_sends_nothing(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    study_zip(tmp_path, "a.zip", seed=1)
+    process_all(config)
+    study_zip(tmp_path, "b.zip", seed=1, junk=False)  # other ZIP bytes, same instances
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DELIVERED
+    assert (outcome.counts.sent, outcome.counts.duplicates) == (0, 6)
+    assert scp.requests == 6
+
+
+def changed_copy_zip(root: Path, name: str, seed: int) -> Path:
+    """A ZIP with the same SOP Instance UIDs as study ``seed`` but different bytes."""
+    source = root / "changed" / name
+    for path in write_study(source, seed=seed, rows=8, cols=8):
+        ds = dcmread(path)
+        ds.StudyDescription = "CORRECTED"
+        ds.save_as(path)
+    return zip_folder(source, root / "incoming" / name)
+
+
+@pytest.mark.parametrize(
+    ("policy", "sent_again"), [("uid_then_sha256", 0), ("uid_only", 0), ("sha256_only", 6)]
+)
+def test_changed_instance_follows_the_dedup_policy(tmp_path, scp, policy, sent_again):
+    config = make_config(tmp_path, scp.port, dedup_policy=policy)
+    study_zip(tmp_path, "a.zip", seed=3)
+    process_all(config)
+    changed_copy_zip(tmp_path, "b.zip", seed=3)
+    [outcome] = process_all(config)
+    assert outcome.counts.changed == 6
+    assert outcome.counts.sent == sent_again
+    assert scp.requests == 6 + sent_again
+
+
+def test_file_twice_in_one_zip_is_sent_once(tmp_path, scp):
+    config = make_config(tmp_path, scp.port, dedup_policy="sha256_only")
+    zip_path, uids = study_zip(tmp_path, "a.zip", seed=4, junk=False)
+    with zipfile.ZipFile(zip_path, "a") as zf:
+        first = zf.namelist()[0]
+        zf.writestr("copy/of/" + first.split("/")[-1] + ".bak", zf.read(first))
+    [outcome] = process_all(config)
+    assert (outcome.counts.found, outcome.counts.sent, outcome.counts.duplicates) == (7, 6, 1)
+
+
+def test_corrupt_zip_is_quarantined_with_a_reason_and_never_deleted(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    config.watch_dir.mkdir(parents=True)
+    (config.watch_dir / "broken.zip").write_bytes(b"PK\x03\x04 this is not really a zip" * 10)
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.FAILED
+    assert (config.failed_dir / "broken.zip").read_bytes().startswith(b"PK\x03\x04")
+    reason = json.loads((config.failed_dir / "broken.zip.error.json").read_text())
+    assert "CorruptArchive" in reason["reason"]
+    assert scp.requests == 0
+
+
+def test_zip_without_dicom_is_quarantined(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    config.watch_dir.mkdir(parents=True)
+    with zipfile.ZipFile(config.watch_dir / "docs.zip", "w") as zf:
+        zf.writestr("report.pdf", b"%PDF-1.4 not dicom")
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.FAILED
+    reason = json.loads((config.failed_dir / "docs.zip.error.json").read_text())
+    assert reason["reason"] == "no DICOM instance in the ZIP"
+    assert reason["entries"][0]["name"] == "report.pdf"
+
+
+def test_peer_down_keeps_the_zip_pending_and_a_later_run_delivers_it_once(tmp_path, scp):
+    closed = make_config(tmp_path, 1)  # nothing listens on port 1 on loopback
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=5)
+    assert run_once(closed) is False
+    assert zip_path.exists()
+    with Ledger(closed.state_db) as ledger:
+        [(name, _, attempts, next_retry, error)] = ledger.pending()
+        assert (name, attempts) == ("study.zip", 1) and next_retry is not None and "unavailable" in error
+    # The same ledger, now pointed at a live peer: everything goes, once.
+    config = make_config(tmp_path, scp.port)
+    assert run_once(config) is True
+    assert sorted(scp.stored) == sorted(uids)
+    assert (config.archive_dir / "study.zip").exists()
+
+
+def test_out_of_resources_keeps_the_zip_pending_and_the_retry_sends_only_the_rest(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=6)
+    refused = set(uids[3:])
+    scp.status_for = lambda ds: 0xA700 if str(ds.SOPInstanceUID) in refused else 0x0000
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.PENDING and zip_path.exists()
+    assert 3 <= len(scp.stored) < 6
+    scp.status_for = lambda ds: 0x0000
+    before = list(scp.stored)
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DELIVERED
+    assert sorted(scp.stored) == sorted(uids)
+    assert not set(before) & set(scp.stored[len(before) :]), "an instance was sent twice"
+
+
+def test_permanent_refusal_moves_the_zip_to_failed_naming_instance_and_status(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=7)
+    scp.status_for = lambda ds: 0xC123 if str(ds.SOPInstanceUID) == uids[0] else 0x0000
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.FAILED
+    reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
+    assert len(reason["entries"]) == 1
+    assert uids[0] in reason["entries"][0]["problem"] and "0xC123" in reason["entries"][0]["problem"]
+    assert reason["counts"]["sent"] == 5
+
+
+def test_run_once_waits_for_a_zip_to_settle_before_taking_it(tmp_path, scp):
+    config = make_config(tmp_path, scp.port, wait_zip_complete_seconds=0.3)
+    study_zip(tmp_path, "study.zip", seed=8)
+    assert run_once(config) is True
+    assert len(scp.stored) == 6
