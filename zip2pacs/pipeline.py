@@ -18,7 +18,7 @@ from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_unique, write_reason
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
-from .unzip import ArchiveError, ExtractedFile, extract_zip
+from .unzip import ArchiveError, DiskSpaceLow, ExtractedFile, extract_zip
 
 LOGGER = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ class Pipeline:
         tally = _Tally()
         try:
             extraction = extract_zip(z.path, work, self.config.limits, on_file=lambda f: self._examine(f, tally))
+        except DiskSpaceLow as exc:
+            return self._postpone(z, record, Counts(), f"{exc} (the ZIP waits until space is freed)", started)
         except ArchiveError as exc:
             return self._fail(z, record, Counts(), f"{type(exc).__name__}: {exc}", started, entries=[])
         for arcname, reason in extraction.skipped:

@@ -3,8 +3,29 @@
 from __future__ import annotations
 
 import enum
+import logging
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+LOGGER = logging.getLogger(__name__)
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+DEFLATED_EXPLICIT_LE = "1.2.840.10008.1.2.1.99"
+# pydicom's original_encoding (implicit VR, little endian) -> the transfer syntax it implies
+_INFERRED_SYNTAX: dict[tuple[bool | None, bool | None], str] = {
+    (True, True): "1.2.840.10008.1.2",
+    (False, True): "1.2.840.10008.1.2.1",
+    (False, False): "1.2.840.10008.1.2.2",
+}
+_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)+")
+# Only these values are read: everything else is skipped by seeking, so files stay cheap to classify.
+_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "DirectoryRecordSequence"]
 
 
 class Kind(enum.Enum):
@@ -34,6 +55,115 @@ class Detection:
     reason: str  # why it is not an instance ("" for instances)
 
 
+def sniff_bytes_is_part10(head: bytes) -> bool:
+    """Return True when the first bytes of a file are a 128-byte preamble followed by b"DICM"."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def _may_start_dataset(head: bytes) -> bool:
+    # Elements are sorted by tag and every instance has (0008,0016), so a dataset without a
+    # preamble starts with an even group <= 0x0008, read as little or big endian.
+    if len(head) < 8:
+        return False
+    little, big = head[0] | head[1] << 8, head[0] << 8 | head[1]
+    return any(group <= 8 and group % 2 == 0 for group in (little, big))
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):  # missing, multi-valued or mis-typed: not a usable UID
+        return ""
+    return value.strip().rstrip("\x00").strip()
+
+
+def _is_uid(value: str) -> bool:
+    return len(value) <= 64 and _UID_PATTERN.fullmatch(value) is not None
+
+
+def _start_matches(start: bytes, syntax: str) -> bool:
+    # pydicom silently reads around a meta header that lies about implicit/explicit VR or
+    # endianness; such a file must not be streamed under the syntax its meta header claims.
+    try:
+        implicit, little = UID(syntax).is_implicit_VR, UID(syntax).is_little_endian
+    except ValueError:  # not a known transfer syntax: pydicom reads it as explicit VR LE too
+        implicit, little = False, True
+    if len(start) < 6:
+        return False
+    group = int.from_bytes(start[:2], "little" if little else "big")
+    explicit = all(0x40 < byte < 0x5B for byte in start[4:6])
+    return group <= 8 and explicit != implicit
+
+
+def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset, start: bytes) -> Detection:
+    meta = dataset.file_meta
+    meta_class = _text(meta, "MediaStorageSOPClassUID")
+    sop_class, sop_instance = _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID")
+    if DICOMDIR_SOP_CLASS in (meta_class, sop_class) or "DirectoryRecordSequence" in dataset:
+        return Detection(Kind.DICOMDIR, None, "DICOMDIR (media storage directory)")
+    if not part10 and not (_is_uid(sop_class) and _is_uid(sop_instance)):
+        # force=True turns almost any bytes into some dataset: only plausible UIDs prove DICOM.
+        return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no parseable dataset)")
+    missing = [name for name, uid in (("SOP Class UID", sop_class), ("SOP Instance UID", sop_instance)) if not uid]
+    if missing:
+        return Detection(Kind.NO_UID, None, f"DICOM without {' and '.join(missing)}")
+    meta_syntax = _text(meta, "TransferSyntaxUID")
+    implicit, little = dataset.original_encoding
+    inferred = _INFERRED_SYNTAX.get((implicit, little), _INFERRED_SYNTAX[(True, True)])
+    faithful = (
+        part10
+        and bool(meta_syntax)
+        and meta_syntax != DEFLATED_EXPLICIT_LE
+        and meta_class == sop_class
+        and _text(meta, "MediaStorageSOPInstanceUID") == sop_instance
+        and _start_matches(start, meta_syntax)
+    )
+    instance = Instance(
+        path=path,
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        transfer_syntax=meta_syntax or inferred,
+        study_uid=_text(dataset, "StudyInstanceUID"),
+        series_uid=_text(dataset, "SeriesInstanceUID"),
+        sha256=sha256,
+        size=size,
+        faithful=faithful,
+    )
+    return Detection(Kind.INSTANCE, instance, "")
+
+
+def _detect(path: Path, sha256: str, size: int) -> Detection:
+    part10 = False
+    try:
+        with path.open("rb") as file:
+            head = file.read(132)
+            part10 = sniff_bytes_is_part10(head)
+            if not part10 and not _may_start_dataset(head):
+                return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no dataset start)")
+            file.seek(0)
+            with warnings.catch_warnings():
+                # pydicom warns about every oddity of real-world files; the outcome is what counts.
+                warnings.simplefilter("ignore")
+                dataset = dcmread(file, force=True, stop_before_pixels=True, specific_tags=_TAGS)
+                # The first bytes after the meta header show how the dataset is really encoded.
+                meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
+                start = b""
+                if part10 and isinstance(meta_length, int):
+                    file.seek(132 + 12 + meta_length)
+                    start = file.read(6)
+                return _classify(path, sha256, size, part10, dataset, start)
+    except OSError as exc:
+        return Detection(Kind.NOT_DICOM, None, f"unreadable file ({exc.strerror or type(exc).__name__})")
+    except Exception as exc:  # pydicom raises many kinds on malformed bytes
+        # Only the exception type: messages may quote element values.
+        if part10:
+            return Detection(Kind.NOT_DICOM, None, f"DICOM preamble but unparseable dataset ({type(exc).__name__})")
+        return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no parseable dataset)")
+
+
 def detect(path: Path, sha256: str, size: int) -> Detection:
-    """Classify one file by content (TO BE WRITTEN)."""
-    raise NotImplementedError
+    """Classify one file by its content; never raises, unreadable or malformed files are NOT_DICOM."""
+    detection = _detect(path, sha256, size)
+    LOGGER.debug("%s: %s %s", path.name, detection.kind.value, detection.reason)
+    return detection

@@ -1,10 +1,44 @@
-"""Safe, streamed ZIP extraction into one work folder."""
+"""Safe, streamed ZIP extraction into one work folder.
+
+Every entry name is rebuilt from sanitized components, so nothing can land outside the destination: ``..``,
+absolute paths, drive letters and backslashes are neutralised, characters invalid on Windows are replaced, and
+names that collide (case-insensitively, as on WSL/Windows file systems) get a ``~N`` suffix. Symbolic links,
+devices and FIFOs are skipped. Limits are checked twice: first against the sizes the ZIP declares (to refuse
+early, before writing anything), then against the bytes actually written, in case a header lies.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import lzma
+import re
+import shutil
+import stat
+import struct
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+LOGGER = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+RATIO_FLOOR = 1024 * 1024  # small entries compress well legitimately; judge the ratio only beyond this
+DISK_CHECK_EVERY = 64 * 1024 * 1024
+MAX_COMPONENT_BYTES = 200  # below the usual 255-byte limit, leaving room for "~N" and ".contents"
+MAX_PATH_BYTES = 3000  # below PATH_MAX (4096) once dest itself is prepended
+SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 10: "PKWARE DCL Implode", 93: "Zstandard", 95: "XZ",
+                96: "JPEG", 97: "WavPack", 98: "PPMd", 99: "AES encryption"}  # fmt: skip
+_INVALID_CHARS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
+# Whatever zipfile or a decompressor raises while reading means the ZIP cannot be read as it is.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
+                NotImplementedError, RuntimeError, OverflowError, struct.error)  # fmt: skip
 
 
 class ArchiveError(Exception):
@@ -13,6 +47,10 @@ class ArchiveError(Exception):
 
 class UnsafeArchive(ArchiveError):
     """The ZIP tries something dangerous (zip bomb, limits exceeded)."""
+
+
+class DiskSpaceLow(UnsafeArchive):
+    """Extracting the ZIP would leave less free space than allowed; retrying later may succeed."""
 
 
 class CorruptArchive(ArchiveError):
@@ -49,5 +87,205 @@ def extract_zip(
     limits: Limits = Limits(),
     on_file: Callable[[ExtractedFile], None] | None = None,
 ) -> Extraction:
-    """Extract ``zip_path`` into ``dest``; raise UnsafeArchive / CorruptArchive (TO BE WRITTEN)."""
-    raise NotImplementedError
+    """Extract ``zip_path`` into ``dest`` (created if missing), calling ``on_file`` as each file is closed.
+
+    Nested ZIPs are unpacked into ``<name>.contents/`` up to ``limits.nested_zip_depth`` levels; a nested file's
+    arcname is ``outer.zip/inner/entry``. Raise UnsafeArchive (or its DiskSpaceLow) when a limit is exceeded
+    and CorruptArchive when the ZIP cannot be read; ``dest`` is then removed, so a failure leaves nothing behind.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    run = _Run(zip_path.name, dest, limits, on_file)
+    try:
+        run.archive(zip_path, prefix=(), label="", depth=0)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return Extraction(dest, tuple(run.files), tuple(run.skipped))
+
+
+class _Run:
+    """The state of one extraction, shared across nested ZIPs so that limits apply to the total."""
+
+    def __init__(self, zip_name: str, dest: Path, limits: Limits, on_file: Callable[[ExtractedFile], None] | None):
+        self.zip_name, self.dest, self.limits, self.on_file = zip_name, dest, limits, on_file
+        self.real_dest = dest.resolve()
+        self.files: list[ExtractedFile] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.entries = 0
+        self.written = 0
+        self.next_disk_check = DISK_CHECK_EVERY
+        self.taken: dict[str, tuple[bool, str]] = {}  # casefolded relative path -> (is_dir, name on disk)
+
+    def archive(self, path: Path, prefix: tuple[str, ...], label: str, depth: int) -> None:
+        subject = f"nested ZIP {_shown(label[:-1])}" if label else "the ZIP"
+        try:
+            zf = zipfile.ZipFile(path)
+        except _READ_ERRORS as exc:
+            raise CorruptArchive(f"{subject} is not a readable ZIP: {exc}") from exc
+        with zf:
+            infos = zf.infolist()
+            self.check_declared(infos, label, subject)
+            for info in infos:
+                self.entry(zf, info, prefix, label + _decode_name(info), depth)
+
+    def check_declared(self, infos: list[zipfile.ZipInfo], label: str, subject: str) -> None:
+        self.entries += len(infos)
+        if self.entries > self.limits.max_entries:
+            raise UnsafeArchive(f"{self.entries} entries, more than the limit of {self.limits.max_entries}")
+        for info in infos:
+            name = label + _decode_name(info)
+            if info.flag_bits & 0x1:
+                raise CorruptArchive(f"entry {_shown(name)} is encrypted (password-protected ZIPs are not supported)")
+            if info.compress_type not in SUPPORTED_METHODS:
+                method = METHOD_NAMES.get(info.compress_type, "unknown")
+                raise CorruptArchive(
+                    f"entry {_shown(name)} uses compression method {info.compress_type} ({method}), which is not supported"
+                )
+            self.check_sizes(f"entry {_shown(name)}", self.written, info.file_size, info.compress_size, "declares")
+        declared = sum(info.file_size for info in infos)
+        self.check_sizes(subject, self.written + declared, 0, 0, "declares")
+        self.check_disk(declared)
+
+    def check_sizes(self, subject: str, total: int, size: int, compressed: int, verb: str) -> None:
+        if total + size > self.limits.max_total_bytes:
+            raise UnsafeArchive(
+                f"{subject} {verb} more than the limit of {self.limits.max_total_bytes} bytes in total (zip bomb?)"
+            )
+        if size > RATIO_FLOOR and size > self.limits.max_ratio * max(compressed, 1):
+            raise UnsafeArchive(
+                f"{subject} {verb} {size} bytes from {compressed} compressed, a ratio above "
+                f"{self.limits.max_ratio} (zip bomb?)"
+            )
+
+    def check_disk(self, coming: int) -> None:
+        free = shutil.disk_usage(self.dest).free
+        if free - coming < self.limits.min_free_bytes:
+            raise DiskSpaceLow(
+                f"{free} bytes free at {self.dest}, {coming} more needed, "
+                f"but {self.limits.min_free_bytes} must stay free"
+            )
+
+    def skip(self, arcname: str, reason: str) -> None:
+        LOGGER.debug("%s: entry %s skipped: %s", self.zip_name, _shown(arcname), reason)  # the pipeline warns
+        self.skipped.append((arcname, reason))
+
+    def entry(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, prefix: tuple[str, ...], arc: str, depth: int) -> None:
+        mode = info.external_attr >> 16
+        if info.filename.endswith("/") or stat.S_ISDIR(mode):  # is_dir() fails on an empty name
+            return  # folders are created as the files inside them need them
+        if stat.S_ISLNK(mode):
+            return self.skip(arc, "symbolic link (links are never extracted)")
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            return self.skip(arc, "special file (device, FIFO or socket)")
+        parts = _safe_parts(_decode_name(info))
+        if not parts:
+            return self.skip(arc, "no usable file name")
+        rel = self.place(prefix + parts)
+        path = self.dest.joinpath(*rel)
+        if len(str(path).encode()) > MAX_PATH_BYTES:
+            return self.skip(arc, "path too long")
+        if not path.parent.resolve().is_relative_to(self.real_dest):  # only if dest already held a symlink
+            return self.skip(arc, "folder resolves outside the extraction folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(path, "xb")  # noqa: SIM115 - "x" never overwrites; copy() closes it
+        except OSError as exc:
+            return self.skip(arc, f"cannot create the file: {exc.strerror or exc}")
+        size, digest = self.copy(zf, info, out, path, arc)
+        extracted = ExtractedFile(path, arc, size, digest)
+        if info.filename.casefold().endswith(".zip") and depth < self.limits.nested_zip_depth:
+            contents = self.place(rel[:-1] + (rel[-1] + ".contents",), as_dir=True)
+            try:
+                self.archive(path, contents, arc + "/", depth + 1)
+            except CorruptArchive as exc:
+                self.skip(arc, f"nested ZIP could not be read, kept as a file: {exc}")
+            else:
+                path.unlink()
+                return None
+        self.files.append(extracted)
+        if self.on_file is not None:
+            self.on_file(extracted)
+        return None
+
+    def copy(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: BinaryIO, path: Path, arc: str) -> tuple[int, str]:
+        digest, size, subject = hashlib.sha256(), 0, f"entry {_shown(arc)}"
+        try:
+            with out:
+                try:
+                    src = zf.open(info)
+                except _READ_ERRORS as exc:
+                    raise CorruptArchive(f"{subject} cannot be read: {exc}") from exc
+                with src:
+                    while True:
+                        try:
+                            chunk = src.read(CHUNK)
+                        except _READ_ERRORS as exc:
+                            raise CorruptArchive(f"{subject} cannot be read: {exc}") from exc
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        self.written += len(chunk)
+                        self.check_sizes(subject, self.written - size, size, info.compress_size, "expands to")
+                        if self.written >= self.next_disk_check:
+                            self.next_disk_check += DISK_CHECK_EVERY
+                            self.check_disk(0)
+                        out.write(chunk)
+                        digest.update(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a nested ZIP may fail alone; leave no partial file behind
+            raise
+        return size, digest.hexdigest()
+
+    def place(self, parts: tuple[str, ...], as_dir: bool = False) -> tuple[str, ...]:
+        """Return ``parts`` made unique, case-insensitively, among everything placed so far."""
+        placed: list[str] = []
+        for i, part in enumerate(parts):
+            want_dir = as_dir or i < len(parts) - 1
+            n = 0
+            while True:
+                name = part if n == 0 else _suffixed(part, n)
+                key = "/".join([*placed, name]).casefold()
+                held = self.taken.get(key)
+                if held is None:
+                    self.taken[key] = (want_dir, name)
+                    break
+                if want_dir and held[0]:
+                    name = held[1]  # reuse the folder under the spelling it already has on disk
+                    break
+                n += 1
+            placed.append(name)
+        return tuple(placed)
+
+
+def _decode_name(info: zipfile.ZipInfo) -> str:
+    """Return the entry name, preferring UTF-8 when a tool wrote UTF-8 bytes without setting the flag."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        return info.filename
+
+
+def _safe_parts(name: str) -> tuple[str, ...]:
+    """Return the components of ``name`` that are safe as file names on Linux and Windows alike."""
+    parts = []
+    for raw in re.split(r"[/\\]", _DRIVE.sub("", name.lstrip("/\\"))):
+        part = _INVALID_CHARS.sub("_", raw).rstrip(". ")  # "..", "." and Windows-invalid endings vanish
+        if not part:
+            continue
+        if part.split(".")[0].upper() in _RESERVED:
+            part = "_" + part
+        parts.append(part.encode()[:MAX_COMPONENT_BYTES].decode(errors="ignore").rstrip(". ") or "_")
+    return tuple(parts)
+
+
+def _shown(name: str) -> str:
+    """Return ``name`` quoted for a message, cut short: a ZIP entry name may be 64 KiB long."""
+    return repr(name if len(name) <= 200 else name[:200] + "...")
+
+
+def _suffixed(name: str, n: int) -> str:
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}~{n}.{ext}" if dot and stem else f"{name}~{n}"

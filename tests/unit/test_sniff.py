@@ -1,0 +1,411 @@
+"""Detection by content: Part 10 files, bare datasets, DICOMDIRs, files without UIDs, and junk of every kind."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+import struct
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+
+from tests.factories import PNG_HEADER, make_dataset, valid_testdata_files, write_dicom, zip_bytes
+from tests.factories import testdata_files as bundled_files
+from zip2pacs.sniff import Detection, Kind, detect, sniff_bytes_is_part10
+
+
+def bundled(name: str) -> Path:
+    return Path(get_testdata_file(name))
+
+
+def write_bytes(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def write_with_huge_pixel_data(path: Path, declared_length: int) -> None:
+    # A Part 10 file whose PixelData is written as a header only, then the file is extended to hold it.
+    ds = make_dataset()
+    del ds.PixelData
+    write_dicom(path, ds)
+    with path.open("r+b") as file:
+        file.seek(0, 2)
+        file.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, declared_length))
+        file.truncate(file.tell() + declared_length)
+
+
+# --- Part 10 files ---------------------------------------------------------------------------------------------
+
+
+def test_a_part10_file_is_an_instance_with_the_uids_of_its_dataset() -> None:
+    path = bundled("CT_small.dcm")
+    ds = dcmread(path)
+
+    detection = detect(path, "abc123", 39206)
+
+    assert detection == Detection(Kind.INSTANCE, detection.instance, "")
+    instance = detection.instance
+    assert instance is not None
+    assert instance.path == path
+    assert instance.sop_class_uid == ds.SOPClassUID
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert instance.study_uid == ds.StudyInstanceUID
+    assert instance.series_uid == ds.SeriesInstanceUID
+    assert instance.transfer_syntax == ExplicitVRLittleEndian
+    assert (instance.sha256, instance.size) == ("abc123", 39206)
+    assert instance.faithful
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("MR_small.dcm", "1.2.840.10008.1.2.1"),
+        ("MR_small_implicit.dcm", "1.2.840.10008.1.2"),
+        ("MR_small_bigendian.dcm", "1.2.840.10008.1.2.2"),
+        ("JPEG-lossy.dcm", "1.2.840.10008.1.2.4.51"),
+        ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50"),
+        ("JPEG2000.dcm", "1.2.840.10008.1.2.4.91"),
+        ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90"),
+        ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80"),
+        ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5"),
+        ("waveform_ecg.dcm", "1.2.840.10008.1.2.1"),
+    ],
+)
+def test_a_consistent_part10_file_reports_its_transfer_syntax_and_is_faithful(name: str, syntax: str) -> None:
+    detection = detect(bundled(name), "", 0)
+
+    assert detection.kind is Kind.INSTANCE
+    assert detection.instance is not None
+    assert detection.instance.transfer_syntax == syntax
+    assert detection.instance.faithful
+
+
+def test_a_generated_rle_file_is_detected_as_rle(tmp_path: Path) -> None:
+    ds = make_dataset(transfer_syntax=RLELossless)
+    path = write_dicom(tmp_path / "IM0001", ds)
+
+    instance = detect(path, "", 0).instance
+
+    assert instance is not None
+    assert instance.transfer_syntax == RLELossless
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert instance.faithful
+
+
+def test_a_deflated_file_reports_deflate_and_is_not_faithful() -> None:
+    instance = detect(bundled("image_dfl.dcm"), "", 0).instance
+
+    assert instance is not None
+    assert instance.transfer_syntax == DeflatedExplicitVRLittleEndian
+    assert instance.sop_instance_uid == "1.3.6.1.4.1.5962.1.1.0.0.0.977067309.6001.0"
+    assert not instance.faithful
+
+
+@pytest.mark.parametrize("keyword", ["MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID"])
+def test_a_file_whose_meta_header_disagrees_with_its_dataset_is_not_faithful(tmp_path: Path, keyword: str) -> None:
+    ds = make_dataset()
+    setattr(ds.file_meta, keyword, "1.2.3.4.5")
+    ds.preamble = b"\x00" * 128
+    path = tmp_path / "disagrees.dcm"
+    # enforce_file_format=True would rewrite the meta header from the dataset.
+    dcmwrite(path, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    assert dcmread(path).file_meta.get(keyword) == "1.2.3.4.5"
+
+    instance = detect(path, "", 0).instance
+
+    assert instance is not None
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert instance.sop_class_uid == ds.SOPClassUID
+    assert not instance.faithful
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "rtdose.dcm", "badVR.dcm"])
+def test_a_real_world_file_with_a_stale_media_storage_instance_uid_is_not_faithful(name: str) -> None:
+    ds = dcmread(bundled(name), stop_before_pixels=True)
+    assert ds.file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+
+    instance = detect(bundled(name), "", 0).instance
+
+    assert instance is not None
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert not instance.faithful
+
+
+def test_a_file_whose_meta_claims_explicit_vr_over_an_implicit_dataset_is_not_faithful() -> None:
+    # SC_rgb_jpeg.dcm: meta says JPEG Baseline, the dataset is written in implicit VR.
+    instance = detect(bundled("SC_rgb_jpeg.dcm"), "", 0).instance
+
+    assert instance is not None
+    assert not instance.faithful
+
+
+def test_a_file_whose_meta_claims_implicit_vr_over_an_explicit_dataset_is_not_faithful(tmp_path: Path) -> None:
+    original = bundled("CT_small.dcm").read_bytes()
+    relabelled = original.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2\x00\x00\x00", 1)
+    assert relabelled != original
+    path = write_bytes(tmp_path, "relabelled.dcm", relabelled)
+
+    instance = detect(path, "", 0).instance
+
+    assert instance is not None
+    assert instance.sop_instance_uid == dcmread(bundled("CT_small.dcm")).SOPInstanceUID
+    assert not instance.faithful
+
+
+def test_a_part10_file_without_transfer_syntax_is_an_instance_with_an_inferred_syntax(tmp_path: Path) -> None:
+    ds = make_dataset()
+    del ds.file_meta.TransferSyntaxUID
+    ds.preamble = b"\x00" * 128
+    path = tmp_path / "no_syntax"
+    dcmwrite(path, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+
+    instance = detect(path, "", 0).instance
+
+    assert instance is not None
+    assert instance.transfer_syntax == ExplicitVRLittleEndian
+    assert not instance.faithful
+
+
+# --- Datasets without preamble ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("rtstruct.dcm", ImplicitVRLittleEndian),
+        ("ExplVR_LitEndNoMeta.dcm", ExplicitVRLittleEndian),
+        ("ExplVR_BigEndNoMeta.dcm", ExplicitVRBigEndian),
+    ],
+)
+def test_a_bundled_dataset_without_preamble_is_an_instance_that_is_not_faithful(name: str, syntax: str) -> None:
+    ds = dcmread(bundled(name), force=True)
+
+    instance = detect(bundled(name), "", 0).instance
+
+    assert instance is not None
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert instance.sop_class_uid == ds.SOPClassUID
+    assert instance.transfer_syntax == syntax
+    assert not instance.faithful
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_a_generated_dataset_without_preamble_or_meta_is_an_instance(tmp_path: Path, syntax: str) -> None:
+    ds = make_dataset(transfer_syntax=syntax)
+    path = write_dicom(tmp_path / "deep" / "er" / "0001", ds, preamble=False)
+    assert not sniff_bytes_is_part10(path.read_bytes()[:132])
+
+    instance = detect(path, "", 0).instance
+
+    assert instance is not None
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert instance.study_uid == ds.StudyInstanceUID
+    assert instance.series_uid == ds.SeriesInstanceUID
+    assert instance.transfer_syntax == syntax
+    assert not instance.faithful
+
+
+def test_a_file_starting_with_its_meta_group_without_preamble_is_an_instance(tmp_path: Path) -> None:
+    ds = make_dataset()
+    ds.preamble = None
+    path = tmp_path / "meta_first"
+    dcmwrite(path, ds, enforce_file_format=False)
+    assert path.read_bytes()[:2] == b"\x02\x00"
+
+    instance = detect(path, "", 0).instance
+
+    assert instance is not None
+    assert instance.sop_instance_uid == ds.SOPInstanceUID
+    assert instance.transfer_syntax == ExplicitVRLittleEndian
+    assert not instance.faithful
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom's own check of the bad value set here
+def test_a_dataset_without_preamble_whose_uids_are_not_uids_is_not_dicom(tmp_path: Path) -> None:
+    ds = make_dataset(transfer_syntax=ImplicitVRLittleEndian)
+    ds.SOPInstanceUID = "not-a-uid"
+    path = write_dicom(tmp_path / "odd", ds, preamble=False)
+
+    assert detect(path, "", 0).kind is Kind.NOT_DICOM
+
+
+# --- DICOMDIR and files without UIDs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["DICOMDIR", "DICOMDIR-implicit", "DICOMDIR-bigEnd", "DICOMDIR-empty.dcm", "DICOMDIR-nooffset"]
+)
+def test_a_dicomdir_is_recognised_and_never_an_instance(name: str) -> None:
+    detection = detect(bundled(name), "", 0)
+
+    assert detection.kind is Kind.DICOMDIR
+    assert detection.instance is None
+    assert detection.reason
+
+
+def test_a_part10_file_without_sop_instance_uid_is_no_uid_and_says_which(tmp_path: Path) -> None:
+    ds = make_dataset()
+    del ds.SOPInstanceUID
+    path = write_dicom(tmp_path / "IM0001.dcm", ds)
+
+    detection = detect(path, "", 0)
+
+    assert detection.kind is Kind.NO_UID
+    assert detection.instance is None
+    assert "SOP Instance UID" in detection.reason
+    assert "SOP Class UID" not in detection.reason
+
+
+@pytest.mark.parametrize("name", ["meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm", "UN_sequence.dcm"])
+def test_a_bundled_part10_file_without_uids_is_no_uid(name: str) -> None:
+    assert detect(bundled(name), "", 0).kind is Kind.NO_UID
+
+
+def test_reasons_and_debug_logs_never_name_the_patient(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ds = make_dataset(PatientName="SECRET^PERSON", PatientBirthDate="19450508")
+    del ds.SOPInstanceUID
+    path = write_dicom(tmp_path / "IM0001", ds)
+
+    with caplog.at_level(logging.DEBUG, logger="zip2pacs.sniff"):
+        detection = detect(path, "", 0)
+
+    assert detection.kind is Kind.NO_UID
+    text = detection.reason + caplog.text
+    assert "SECRET" not in text and "19450508" not in text
+    assert "IM0001" in caplog.text
+
+
+# --- Junk ------------------------------------------------------------------------------------------------------
+
+JUNK = {
+    "readme.txt": b"Exported by a viewer.\r\nNothing to see here.\r\n" * 20,
+    "x.dcm": b"This is not really DICOM, whatever its name says.\n" * 10,
+    "icon.png": PNG_HEADER,
+    "report.pdf": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n" * 5,
+    "photo.jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 300,
+    "nested.zip": zip_bytes({"a.txt": b"hello", "b/c.dcm": b"not dicom"}),
+    "empty": b"",
+    "one_byte": b"\x08",
+    "seven_bytes": b"\x08\x00\x16\x00UI\x00",
+    "Thumbs.db": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 56,
+    "preamble_only": b"\x00" * 128 + b"DICM",
+    "random.bin": random.Random(1234).randbytes(4096),
+    "zeros.bin": b"\x00" * 4096,
+}
+
+
+@pytest.mark.parametrize("name", sorted(JUNK))
+def test_junk_is_not_an_instance(tmp_path: Path, name: str) -> None:
+    detection = detect(write_bytes(tmp_path, name, JUNK[name]), "", len(JUNK[name]))
+
+    assert detection.kind is not Kind.INSTANCE
+    assert detection.instance is None
+    assert detection.reason
+
+
+@pytest.mark.parametrize("name", sorted(set(JUNK) - {"preamble_only"}))
+def test_junk_without_dicom_preamble_is_not_dicom(tmp_path: Path, name: str) -> None:
+    assert detect(write_bytes(tmp_path, name, JUNK[name]), "", 0).kind is Kind.NOT_DICOM
+
+
+def test_a_gzipped_dicom_file_is_not_dicom(tmp_path: Path) -> None:
+    data = gzip.compress(bundled("CT_small.dcm").read_bytes())
+
+    assert detect(write_bytes(tmp_path, "CT_small.dcm.gz", data), "", 0).kind is Kind.NOT_DICOM
+
+
+def test_random_bytes_that_look_like_a_dataset_start_are_not_dicom(tmp_path: Path) -> None:
+    rng = random.Random(42)
+    starts = [b"\x08\x00\x05\x00", b"\x08\x00\x16\x00UI", b"\x02\x00\x00\x00", b"\x00\x08\x00\x16UI", b"\x08\x00"]
+    kinds = {
+        detect(
+            write_bytes(tmp_path, f"blob{n}", rng.choice(starts) + rng.randbytes(rng.randrange(0, 3000))), "", 0
+        ).kind
+        for n in range(300)
+    }
+
+    assert kinds == {Kind.NOT_DICOM}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    head=st.sampled_from(
+        [b"", b"\x08\x00", b"\x02\x00\x10\x00UI", b"\x00" * 128 + b"DICM", b"\x00" * 128 + b"DICM\x02\x00"]
+    ),
+    body=st.binary(max_size=2048),
+)
+def test_detect_never_raises_and_never_finds_an_instance_in_arbitrary_bytes(
+    tmp_path: Path, head: bytes, body: bytes
+) -> None:
+    detection = detect(write_bytes(tmp_path, "arbitrary", head + body), "", 0)
+
+    assert detection.kind is not Kind.INSTANCE
+
+
+def test_a_directory_or_a_missing_file_is_not_dicom_with_a_reason(tmp_path: Path) -> None:
+    for path in (tmp_path, tmp_path / "gone.dcm"):
+        detection = detect(path, "", 0)
+        assert detection.kind is Kind.NOT_DICOM
+        assert "unreadable" in detection.reason
+
+
+# --- Every bundled file, and large ones ------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the full pydicom read of the reference warns about odd files
+def test_every_bundled_pydicom_file_is_classified_and_agrees_with_a_full_pydicom_read() -> None:
+    files = bundled_files()
+
+    detections = {path: detect(path, "", 0) for path in files}
+
+    instances = {path for path, d in detections.items() if d.kind is Kind.INSTANCE}
+    assert all(isinstance(d, Detection) for d in detections.values())
+    assert len(instances) > len(files) / 2, f"{len(instances)} instances among {len(files)} files"
+    assert instances == set(valid_testdata_files()), f"{len(instances)} instances among {len(files)} files"
+
+
+def test_a_file_with_50_mb_of_pixel_data_is_decided_without_loading_the_pixels(tmp_path: Path) -> None:
+    ds = make_dataset()
+    ds.Rows = ds.Columns = 5000
+    ds.PixelData = bytes(5000 * 5000 * 2)  # 50 MB
+    path = write_dicom(tmp_path / "big", ds)
+    assert path.stat().st_size > 50_000_000
+
+    tracemalloc.start()
+    try:
+        instance = detect(path, "", path.stat().st_size).instance
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert instance is not None
+    assert (instance.sop_instance_uid, instance.series_uid) == (ds.SOPInstanceUID, ds.SeriesInstanceUID)
+    assert instance.faithful
+    assert peak < 5_000_000, f"detection allocated {peak} bytes"
+
+
+def test_a_file_declaring_4_gb_of_pixel_data_is_decided_from_its_header(tmp_path: Path) -> None:
+    # The file is sparse: reading its pixel data would take gigabytes of memory.
+    path = tmp_path / "huge"
+    write_with_huge_pixel_data(path, 0xFFFFFFF0)
+
+    detection = detect(path, "", path.stat().st_size)
+
+    assert detection.kind is Kind.INSTANCE
+    assert detection.instance is not None
+    assert detection.instance.faithful
