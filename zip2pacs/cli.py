@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from . import __version__, sender
@@ -14,6 +15,7 @@ from .config import Config, ConfigError, load_config
 from .daemon import prepare_folders, run_forever, run_once
 from .demo import run_demo
 from .ledger import Ledger
+from .progress import LogProgress, TerminalProgress
 from .report import retry_failed, status_text
 
 LOGGER = logging.getLogger("zip2pacs")
@@ -45,7 +47,11 @@ def setup_logging(config: Config | None, level: str = "INFO") -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config is not None:
         config.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(config.log_file, encoding="utf-8"))
+        handlers.append(
+            RotatingFileHandler(
+                config.log_file, maxBytes=config.log_max_bytes, backupCount=config.log_backup_count, encoding="utf-8"
+            )
+        )
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
@@ -68,14 +74,23 @@ def demo() -> int:
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT ask the loop to stop after the instance under way."""
+    """SIGTERM and SIGINT ask the loop to stop after the instance under way; SIGHUP reopens the log file."""
 
     def handler(signum: int, _frame: object) -> None:
         LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
+    def reopen_logs(_signum: int, _frame: object) -> None:
+        # logrotate moved the file away: close ours so the next line opens a new one.
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.close()
+        LOGGER.info("Received SIGHUP; log file reopened")
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, reopen_logs)
 
 
 def check(config: Config) -> int:
@@ -132,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers(stop)
     peer = config.peer
     LOGGER.info("DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port)
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
     if args.once:
-        delivered = run_once(config, stop)
+        delivered = run_once(config, stop, progress)
         return EXIT_OK if delivered else EXIT_UNDELIVERED
-    run_forever(config, stop)
+    run_forever(config, stop, progress)
     LOGGER.info("Stopped")
     return EXIT_OK

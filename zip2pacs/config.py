@@ -100,6 +100,8 @@ KEYS: tuple[Key, ...] = (
     Key("limits", "nested_zip_depth", "int", 1, "How deep ZIPs inside the ZIP are extracted too (0 = not).", _int_range(0, 5)),
     Key("logging", "level", "choice", "INFO", "Log level of the log file and console.", choices=LOG_LEVELS),
     Key("logging", "file", "path", "logs/uploader.log", "Log file."),
+    Key("logging", "max_bytes", "int", 10 * MB, "Size at which the log file is rotated; 0 = never.", _int_range(0, 2**40)),
+    Key("logging", "backup_count", "int", 5, "Rotated log files kept (uploader.log.1 ...).", _int_range(0, 1000)),
 )
 
 _EXPECTED = {
@@ -132,6 +134,8 @@ class Config:
     limits: Limits
     log_level: str
     log_file: Path
+    log_max_bytes: int
+    log_backup_count: int
 
 
 def _coerce(key: Key, value: Any, base: Path) -> tuple[Any, str | None]:
@@ -253,4 +257,6 @@ def parse_config(raw: Any, source: Path) -> Config:
         ),
         log_level=v["logging.level"],
         log_file=v["logging.file"],
+        log_max_bytes=v["logging.max_bytes"],
+        log_backup_count=v["logging.backup_count"],
     )

@@ -10,6 +10,7 @@ from .config import Config
 from .intake import ReadyZip, StabilityTracker, list_zips, start_observer
 from .ledger import Ledger, ZipState
 from .pipeline import Pipeline, ZipOutcome
+from .progress import Progress
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _safe_process(pipeline: Pipeline, z: ReadyZip) -> ZipOutcome | None:
         return None
 
 
-def run_once(config: Config, stop: threading.Event | None = None) -> bool:
+def run_once(config: Config, stop: threading.Event | None = None, progress: Progress | None = None) -> bool:
     """Deliver every ZIP in the watch folder once it is completely written; return True if all were delivered."""
     stop = stop or threading.Event()
     prepare_folders(config)
@@ -37,7 +38,7 @@ def run_once(config: Config, stop: threading.Event | None = None) -> bool:
     all_delivered = True
     done: set[str] = set()
     with Ledger(config.state_db) as ledger:
-        pipeline = Pipeline(config, ledger, stop)
+        pipeline = Pipeline(config, ledger, stop, progress)
         while not stop.is_set():
             present = [z for z in list_zips(config.watch_dir) if z.path.name not in done]
             if not present:
@@ -55,7 +56,7 @@ def run_once(config: Config, stop: threading.Event | None = None) -> bool:
     return all_delivered and not stop.is_set()
 
 
-def run_forever(config: Config, stop: threading.Event) -> None:
+def run_forever(config: Config, stop: threading.Event, progress: Progress | None = None) -> None:
     """Deliver ZIPs as they arrive until ``stop`` is set; a rescan every poll interval is the source of truth."""
     prepare_folders(config)
     tracker = StabilityTracker(config.wait_zip_complete_seconds)
@@ -63,7 +64,7 @@ def run_forever(config: Config, stop: threading.Event) -> None:
     observer = start_observer(config.watch_dir, wake, config.observer, min(config.poll_interval_seconds, 2.0))
     try:
         with Ledger(config.state_db) as ledger:
-            pipeline = Pipeline(config, ledger, stop)
+            pipeline = Pipeline(config, ledger, stop, progress)
             broken: dict[ReadyZip, float] = {}  # ZIPs that hit an unexpected error -> when to try again
             while not stop.is_set():
                 for z in tracker.stable(list_zips(config.watch_dir)):

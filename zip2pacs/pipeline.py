@@ -16,6 +16,7 @@ from .config import Config
 from .intake import ReadyZip
 from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_unique, write_reason
+from .progress import Progress
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
 from .unzip import ArchiveError, DiskSpaceLow, ExtractedFile, extract_zip
@@ -62,8 +63,11 @@ def _utc(ts: float) -> str:
 class Pipeline:
     """Deliver ZIPs to one peer, recording everything in the ledger."""
 
-    def __init__(self, config: Config, ledger: Ledger, stop: threading.Event | None = None):
+    def __init__(
+        self, config: Config, ledger: Ledger, stop: threading.Event | None = None, progress: Progress | None = None
+    ):
         self.config = config
+        self.progress = progress or Progress()
         self.ledger = ledger
         self.peer = config.peer
         self.stop = stop or threading.Event()
@@ -200,9 +204,11 @@ class Pipeline:
                     status=r.status,
                     outcome=r.outcome.value,
                 )
+            self.progress.update(1, i.size)
             level = logging.DEBUG if r.outcome is Outcome.STORED else logging.WARNING
             LOGGER.log(level, "%s: %s %s: %s", z.path.name, i.sop_instance_uid, r.outcome.value, r.detail)
 
+        self.progress.start(z.path.name, len(instances), sum(i.size for i in instances))
         for start in range(0, len(instances), size):
             if self.stop.is_set():
                 unsent_reason = "stopped before sending everything"
@@ -216,6 +222,7 @@ class Pipeline:
             if any(r.outcome is Outcome.TRANSIENT for r in results):
                 unsent_reason = "the peer could not store everything"
                 break  # the peer is struggling: keep the rest for the retry
+        self.progress.finish()
         return results, unsent_reason
 
     # --- endings ---------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""The command in-process and as a subprocess: demo, exit codes, logging set-up, progress lines."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from zip2pacs.cli import main, setup_logging
+from zip2pacs.config import parse_config
+from zip2pacs.demo import run_demo
+from zip2pacs.progress import LogProgress, TerminalProgress
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_delivers_every_generated_instance_to_the_embedded_scp(tmp_path):
+    delivered, received, config = run_demo(tmp_path / "demo", studies=2, keep=True)
+    assert delivered is True
+    assert len(received.uids) == 16 and len(set(received.uids)) == 16
+    assert len(received.studies) == 2
+    assert sorted(p.name for p in config.archive_dir.iterdir()) == ["demo_study_0.zip", "demo_study_1.zip"]
+    assert len(list(received.folder.glob("*.dcm"))) == 16
+
+
+def test_demo_command_says_what_arrived_and_cleans_up():
+    proc = subprocess.run(
+        [sys.executable, "dicom_zip_watcher.py", "--demo"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Demo: 24 instances of 3 studies stored by the embedded SCP" in proc.stdout
+    assert "DEMO^PATIENT" not in proc.stderr  # no patient names in the log
+
+
+def test_missing_config_argument_is_a_usage_error(capsys):
+    try:
+        main([])
+    except SystemExit as exc:
+        assert exc.code == 2
+    assert "configuration file is required" in capsys.readouterr().err
+
+
+def test_bad_config_exits_2_with_one_line_per_problem(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text("dicom:\n  peer_port: abc\n  colour: blue\n")
+    assert main([str(path), "--status"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err
+    assert "At 'dicom.peer_port': expected an integer 1-65535, got 'abc'" in err
+    assert "At 'dicom.colour': unknown key" in err
+    assert "Traceback" not in err
+
+
+def test_log_file_rotates_at_max_bytes(tmp_path):
+    config = parse_config({"logging": {"max_bytes": 2000, "backup_count": 2}}, tmp_path / "config.yaml")
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        setup_logging(config)
+        for i in range(200):
+            logging.getLogger("zip2pacs.test").info("line %d of a long enough message to fill the file", i)
+    finally:
+        for h in list(root.handlers):
+            h.close()
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    logs = sorted(p.name for p in config.log_file.parent.iterdir())
+    assert logs == ["uploader.log", "uploader.log.1", "uploader.log.2"]
+    assert all(p.stat().st_size <= 2100 for p in config.log_file.parent.iterdir())
+    assert " | INFO | line 199 " in config.log_file.read_text()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_terminal_progress_rewrites_one_line_with_rate_and_eta():
+    stream, clock = io.StringIO(), Clock()
+    progress = TerminalProgress(stream, clock)
+    progress.start("a.zip", 4, 4_000_000)
+    clock.now = 1.0
+    progress.update(2, 2_000_000)
+    assert stream.getvalue().endswith("a.zip: 2/4 instances (50%), 2.0 MB/s, ETA 1 s")
+    clock.now = 1.1
+    progress.update(1, 1_000_000)  # too soon: not redrawn
+    assert stream.getvalue().count("\r") == 1
+    clock.now = 2.0
+    progress.update(1, 1_000_000)
+    progress.finish()
+    assert stream.getvalue().endswith("a.zip: 4/4 instances (100%), 2.0 MB/s, ETA 0 s\n")
+
+
+def test_log_progress_logs_at_most_once_per_interval(caplog):
+    clock = Clock()
+    progress = LogProgress(interval=10, clock=clock)
+    progress.start("a.zip", 100, 100)
+    with caplog.at_level(logging.INFO, logger="zip2pacs.progress"):
+        for second in range(1, 26):
+            clock.now = float(second)
+            progress.update(1, 1)
+    assert [r.getMessage().split(":")[1].split()[0] for r in caplog.records] == ["10/100", "20/100"]
