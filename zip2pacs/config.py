@@ -77,6 +77,7 @@ KEYS: tuple[Key, ...] = (
     Key("dicom", "acse_timeout", "float", 30.0, "Seconds to wait for association set-up/release.", _positive),
     Key("dicom", "dimse_timeout", "float", 60.0, "Seconds to wait for a C-STORE/C-ECHO response.", _positive),
     Key("dicom", "network_timeout", "float", 60.0, "Seconds of network silence before aborting.", _positive),
+    Key("dicom", "max_associations", "int", 1, "Associations sending one ZIP's batches in parallel.", _int_range(1, 16)),
     Key("behavior", "poll_interval_seconds", "float", 10.0, "Rescan of watch_dir (safety net for lost events).", _positive),
     Key(
         "behavior",
@@ -122,6 +123,7 @@ class Config:
     failed_dir: Path
     state_db: Path
     peer: Peer
+    max_associations: int
     poll_interval_seconds: float
     wait_zip_complete_seconds: float
     send_batch_size: int
@@ -239,6 +241,7 @@ def parse_config(raw: Any, source: Path) -> Config:
             dimse_timeout=v["dicom.dimse_timeout"],
             network_timeout=v["dicom.network_timeout"],
         ),
+        max_associations=v["dicom.max_associations"],
         poll_interval_seconds=v["behavior.poll_interval_seconds"],
         wait_zip_complete_seconds=v["behavior.wait_zip_complete_seconds"],
         send_batch_size=v["behavior.send_batch_size"],

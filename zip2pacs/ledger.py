@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,16 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=10000")
+        self._lock = threading.Lock()  # the sender's threads record results while the extractor reads
         self._migrate()
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
+
+    def _row(self, sql: str, params: tuple = ()) -> tuple | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
 
     def close(self) -> None:
         self.db.close()
@@ -141,26 +151,26 @@ class Ledger:
 
     def zip_by_file(self, name: str, size: int, mtime: float, peer: str) -> ZipRecord | None:
         """Return the newest record of a ZIP with this name, size and mtime for ``peer``, without hashing it."""
-        row = self.db.execute(
+        row = self._row(
             f"SELECT {_ZIP_COLUMNS} FROM zips WHERE name=? AND size=? AND mtime=? AND peer=? ORDER BY updated DESC",
             (name, size, mtime, peer),
-        ).fetchone()
+        )
         return _zip(row) if row else None
 
     def zip_by_sha(self, sha256: str, peer: str) -> ZipRecord | None:
         """Return the record of the ZIP with these bytes for ``peer``, or None."""
-        row = self.db.execute(f"SELECT {_ZIP_COLUMNS} FROM zips WHERE sha256=? AND peer=?", (sha256, peer)).fetchone()
+        row = self._row(f"SELECT {_ZIP_COLUMNS} FROM zips WHERE sha256=? AND peer=?", (sha256, peer))
         return _zip(row) if row else None
 
     def zip_begin(self, sha256: str, peer: str, name: str, size: int, mtime: float) -> ZipRecord:
         """Return the ZIP's record, created as pending if new; count one more attempt."""
         now = time.time()
-        self.db.execute(
+        self._rows(
             "INSERT INTO zips (sha256, peer, name, size, mtime, state, first_seen, updated) VALUES (?,?,?,?,?,?,?,?) "
             "ON CONFLICT (sha256, peer) DO UPDATE SET name=excluded.name, size=excluded.size, mtime=excluded.mtime",
             (sha256, peer, name, size, mtime, ZipState.PENDING.value, now, now),
         )
-        self.db.execute("UPDATE zips SET attempts=attempts+1, updated=? WHERE sha256=? AND peer=?", (now, sha256, peer))
+        self._rows("UPDATE zips SET attempts=attempts+1, updated=? WHERE sha256=? AND peer=?", (now, sha256, peer))
         record = self.zip_by_sha(sha256, peer)
         assert record is not None
         return record
@@ -175,7 +185,7 @@ class Ledger:
         final_path: str = "",
     ) -> None:
         """Record the outcome of one attempt at a ZIP."""
-        self.db.execute(
+        self._rows(
             "UPDATE zips SET state=?, found=?, sent=?, duplicates=?, skipped=?, failed=?, changed=?, "
             "last_error=?, next_retry=?, final_path=?, updated=? WHERE id=?",
             (
@@ -196,7 +206,7 @@ class Ledger:
 
     def reset_failed(self, sha256: str, peer: str) -> None:
         """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed)."""
-        self.db.execute(
+        self._rows(
             "UPDATE zips SET state=?, attempts=0, next_retry=NULL, first_seen=?, updated=? "
             "WHERE sha256=? AND peer=? AND state=?",
             (ZipState.PENDING.value, time.time(), time.time(), sha256, peer, ZipState.FAILED.value),
@@ -206,17 +216,17 @@ class Ledger:
 
     def delivered_by_uid(self, peer: str, sop_instance_uid: str) -> Delivered | None:
         """Return the first delivery of this SOP Instance UID to ``peer``, or None."""
-        row = self.db.execute(
+        row = self._row(
             "SELECT sha256, zip_name FROM instances WHERE peer=? AND sop_instance_uid=? ORDER BY id LIMIT 1",
             (peer, sop_instance_uid),
-        ).fetchone()
+        )
         return Delivered(row[0], row[1]) if row else None
 
     def delivered_by_sha(self, peer: str, sha256: str) -> Delivered | None:
         """Return the first delivery of a file with these bytes to ``peer``, or None."""
-        row = self.db.execute(
+        row = self._row(
             "SELECT sha256, zip_name FROM instances WHERE peer=? AND sha256=? ORDER BY id LIMIT 1", (peer, sha256)
-        ).fetchone()
+        )
         return Delivered(row[0], row[1]) if row else None
 
     def record_delivery(
@@ -235,7 +245,7 @@ class Ledger:
         outcome: str,
     ) -> None:
         """Record one instance stored on ``peer`` (committed at once: it must never be sent twice)."""
-        self.db.execute(
+        self._rows(
             "INSERT INTO instances (peer, sop_instance_uid, sha256, sop_class_uid, study_uid, series_uid, "
             "transfer_syntax, zip_id, zip_name, status, outcome, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -258,22 +268,22 @@ class Ledger:
 
     def zips_by_state(self) -> dict[str, int]:
         """Return how many ZIPs are in each state."""
-        return dict(self.db.execute("SELECT state, COUNT(*) FROM zips GROUP BY state").fetchall())
+        return dict(self._rows("SELECT state, COUNT(*) FROM zips GROUP BY state"))
 
     def instance_count(self) -> int:
         """Return how many instance deliveries are recorded."""
-        return self.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+        return self._rows("SELECT COUNT(*) FROM instances")[0][0]
 
     def pending(self) -> list[tuple[str, str, int, float | None, str]]:
         """Return (name, peer, attempts, next_retry, last_error) of every pending ZIP."""
-        return self.db.execute(
+        return self._rows(
             "SELECT name, peer, attempts, next_retry, last_error FROM zips WHERE state=? ORDER BY first_seen",
             (ZipState.PENDING.value,),
-        ).fetchall()
+        )
 
     def recent_failures(self, limit: int = 10) -> list[tuple[str, float, str, str]]:
         """Return (name, updated, last_error, final_path) of the latest failed ZIPs."""
-        return self.db.execute(
+        return self._rows(
             "SELECT name, updated, last_error, final_path FROM zips WHERE state=? ORDER BY updated DESC LIMIT ?",
             (ZipState.FAILED.value, limit),
-        ).fetchall()
+        )

@@ -7,19 +7,18 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import sender
 from .config import Config
+from .delivery import Delivery
 from .intake import ReadyZip
 from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_unique, write_reason
 from .progress import Progress
-from .sender import Outcome, PeerUnavailable, StoreResult
-from .sniff import Instance, Kind, detect
-from .unzip import ArchiveError, DiskSpaceLow, ExtractedFile, extract_zip
+from .sender import Outcome, StoreResult
+from .unzip import DiskSpaceLow
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,19 +31,6 @@ class ZipOutcome:
     seconds: float
     error: str = ""
     final_path: Path | None = None
-
-
-@dataclass
-class _Tally:
-    """What one attempt at a ZIP found; mutable while the attempt runs."""
-
-    found: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    changed: int = 0
-    to_send: list[Instance] = field(default_factory=list)
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)
-    names: dict[Path, str] = field(default_factory=dict)  # extracted path -> name in the ZIP
 
 
 def sha256_file(path: Path) -> str:
@@ -111,119 +97,29 @@ class Pipeline:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _attempt(self, z: ReadyZip, record: ZipRecord, work: Path, started: float) -> ZipOutcome:
-        tally = _Tally()
-        try:
-            extraction = extract_zip(z.path, work, self.config.limits, on_file=lambda f: self._examine(f, tally))
-        except DiskSpaceLow as exc:
-            return self._postpone(z, record, Counts(), f"{exc} (the ZIP waits until space is freed)", started)
-        except ArchiveError as exc:
-            return self._fail(z, record, Counts(), f"{type(exc).__name__}: {exc}", started, entries=[])
-        for arcname, reason in extraction.skipped:
-            tally.skipped += 1
-            tally.skipped_files.append((arcname, reason))
-            LOGGER.warning("%s: entry %s skipped: %s", z.path.name, arcname, reason)
-        if tally.found == 0:
-            counts = Counts(skipped=tally.skipped)
-            return self._fail(z, record, counts, "no DICOM instance in the ZIP", started, entries=tally.skipped_files)
-
-        results, unsent_reason = self._send(z, record, tally.to_send)
-        sent = sum(r.outcome in (Outcome.STORED, Outcome.WARNING) for r in results)
-        permanent = [r for r in results if r.outcome is Outcome.PERMANENT]
-        transient = [r for r in results if r.outcome is Outcome.TRANSIENT]
-        unsent = len(tally.to_send) - len(results)  # stopped, or the peer was unreachable
-        counts = Counts(tally.found, sent, tally.duplicates, tally.skipped, len(permanent) + len(transient) + unsent, tally.changed)
-
-        if transient or unsent:
-            why = transient[0].detail if transient else unsent_reason
-            return self._postpone(z, record, counts, why, started)
+        a = Delivery(self.config, self.ledger, record, z.path.name, self.stop, self.progress).run(z.path, work)
+        sent = a.count(Outcome.STORED) + a.count(Outcome.WARNING)
+        permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
+        failed = len(permanent) + a.count(Outcome.TRANSIENT) + a.unsent
+        counts = Counts(a.found, sent, a.duplicates, a.skipped, failed, a.changed)
+        if isinstance(a.archive_error, DiskSpaceLow):
+            return self._postpone(z, record, counts, f"{a.archive_error} (the ZIP waits until space is freed)", started)
+        if a.archive_error is not None:
+            why = f"{type(a.archive_error).__name__}: {a.archive_error}"
+            if sent:
+                why += f" ({sent} instance(s) extracted before it were stored)"
+            return self._fail(z, record, counts, why, started, entries=a.skipped_files)
+        if a.found == 0:
+            return self._fail(z, record, counts, "no DICOM instance in the ZIP", started, entries=a.skipped_files)
+        if a.count(Outcome.TRANSIENT) or a.unsent:
+            transient = [r.detail for r in a.results if r.outcome is Outcome.TRANSIENT]
+            return self._postpone(z, record, counts, a.unsent_reason or transient[0], started)
         if permanent:
-            entries = [(tally.names.get(r.instance.path, r.instance.path.name), self._describe(r)) for r in permanent]
+            entries = [(a.names.get(r.instance.path, r.instance.path.name), self._describe(r)) for r in permanent]
             return self._fail(z, record, counts, f"{len(permanent)} instance(s) refused by {self.peer.key}", started, entries)
         target = move_unique(z.path, self.config.archive_dir)
         self.ledger.zip_finish(record.id, ZipState.DELIVERED, counts, final_path=str(target))
         return self._report(z, ZipState.DELIVERED, counts, started, final_path=target)
-
-    def _examine(self, f: ExtractedFile, tally: _Tally) -> None:
-        """Detect one extracted file and decide by the dedup policy whether it must be sent."""
-        detection = detect(f.path, f.sha256, f.size)
-        tally.names[f.path] = f.arcname
-        if detection.kind is not Kind.INSTANCE or detection.instance is None:
-            tally.skipped += 1
-            level = logging.WARNING if detection.kind is Kind.NO_UID else logging.DEBUG
-            LOGGER.log(level, "entry %s not sent: %s", f.arcname, detection.reason or detection.kind.value)
-            tally.skipped_files.append((f.arcname, detection.reason or detection.kind.value))
-            return
-        inst = detection.instance
-        tally.found += 1
-        policy = self.config.dedup_policy
-        by_uid = self.ledger.delivered_by_uid(self.peer.key, inst.sop_instance_uid)
-        if by_uid is not None and by_uid.sha256 != inst.sha256:
-            tally.changed += 1
-            LOGGER.warning(
-                "entry %s: SOP Instance UID %s was delivered before from %s with different bytes (%s)",
-                f.arcname,
-                inst.sop_instance_uid,
-                by_uid.zip_name,
-                "sent again" if policy == "sha256_only" else "not sent",
-            )
-        duplicate = False
-        if policy in ("uid_then_sha256", "uid_only"):
-            duplicate = by_uid is not None or any(i.sop_instance_uid == inst.sop_instance_uid for i in tally.to_send)
-        if not duplicate and policy in ("uid_then_sha256", "sha256_only"):
-            duplicate = self.ledger.delivered_by_sha(self.peer.key, inst.sha256) is not None or any(
-                i.sha256 == inst.sha256 for i in tally.to_send
-            )
-        if duplicate:
-            tally.duplicates += 1
-            LOGGER.debug("entry %s: %s already delivered, not sent", f.arcname, inst.sop_instance_uid)
-        else:
-            tally.to_send.append(inst)
-
-    def _send(self, z: ReadyZip, record: ZipRecord, instances: list[Instance]) -> tuple[list[StoreResult], str]:
-        """Send in batches, one association each; record every stored instance the moment it is stored.
-
-        Return the results and, when some instances were not tried, why.
-        """
-        results: list[StoreResult] = []
-        unsent_reason = ""
-        size = self.config.send_batch_size
-
-        def on_result(r: StoreResult) -> None:
-            i = r.instance
-            if r.outcome in (Outcome.STORED, Outcome.WARNING):
-                self.ledger.record_delivery(
-                    self.peer.key,
-                    record.id,
-                    z.path.name,
-                    sop_instance_uid=i.sop_instance_uid,
-                    sha256=i.sha256,
-                    sop_class_uid=i.sop_class_uid,
-                    study_uid=i.study_uid,
-                    series_uid=i.series_uid,
-                    transfer_syntax=i.transfer_syntax,
-                    status=r.status,
-                    outcome=r.outcome.value,
-                )
-            self.progress.update(1, i.size)
-            level = logging.DEBUG if r.outcome is Outcome.STORED else logging.WARNING
-            LOGGER.log(level, "%s: %s %s: %s", z.path.name, i.sop_instance_uid, r.outcome.value, r.detail)
-
-        self.progress.start(z.path.name, len(instances), sum(i.size for i in instances))
-        for start in range(0, len(instances), size):
-            if self.stop.is_set():
-                unsent_reason = "stopped before sending everything"
-                break
-            try:
-                results.extend(sender.store(self.peer, instances[start : start + size], on_result=on_result))
-            except PeerUnavailable as exc:
-                unsent_reason = f"peer unavailable: {exc}"
-                LOGGER.warning("%s: %s is unavailable: %s", z.path.name, self.peer.key, exc)
-                break
-            if any(r.outcome is Outcome.TRANSIENT for r in results):
-                unsent_reason = "the peer could not store everything"
-                break  # the peer is struggling: keep the rest for the retry
-        self.progress.finish()
-        return results, unsent_reason
 
     # --- endings ---------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TextIO
 
@@ -14,6 +15,7 @@ class Progress:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
+        self.lock = threading.Lock()  # several sender threads report
         self.name, self.total, self.total_bytes = "", 0, 0
         self.done, self.done_bytes, self.started = 0, 0, 0.0
 
@@ -21,10 +23,17 @@ class Progress:
         self.name, self.total, self.total_bytes = name, total, total_bytes
         self.done, self.done_bytes, self.started = 0, 0, self.clock()
 
+    def grow(self, files: int, nbytes: int) -> None:
+        """Add to the total: instances are found while the ZIP is still being extracted."""
+        with self.lock:
+            self.total += files
+            self.total_bytes += nbytes
+
     def update(self, files: int, nbytes: int) -> None:
-        self.done += files
-        self.done_bytes += nbytes
-        self.show(final=False)
+        with self.lock:
+            self.done += files
+            self.done_bytes += nbytes
+            self.show(final=False)
 
     def finish(self) -> None:
         if self.total:

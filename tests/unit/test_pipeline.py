@@ -224,3 +224,20 @@ def test_run_once_waits_for_a_zip_to_settle_before_taking_it(tmp_path, scp):
     study_zip(tmp_path, "study.zip", seed=8)
     assert run_once(config) is True
     assert len(scp.stored) == 6
+
+
+def test_parallel_associations_deliver_every_instance_exactly_once(tmp_path, scp):
+    config = parse_config(
+        {
+            "dicom": {"peer_port": scp.port, "peer_ae_title": "TESTPACS", "max_associations": 3},
+            "behavior": {"wait_zip_complete_seconds": 0, "send_batch_size": 2},
+            "limits": {"min_free_disk_mb": 0},
+        },
+        tmp_path / "config.yaml",
+    )
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=9, n_series=3, per_series=5)
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DELIVERED
+    assert sorted(scp.stored) == sorted(uids) and scp.requests == 15
+    with Ledger(config.state_db) as ledger:
+        assert ledger.instance_count() == 15

@@ -1,0 +1,183 @@
+"""One attempt at a ZIP, overlapped: an extractor thread detects and dedups while sender threads send batches.
+
+The network stays busy while the next files come out of the ZIP. A batch is sent over its own association
+(presentation contexts are negotiated from the batch), so an association is never held open waiting for
+extraction. Every stored instance is recorded in the ledger the moment its C-STORE response arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import sender
+from .config import Config
+from .dedup import Seen, decide
+from .ledger import Ledger, ZipRecord
+from .progress import Progress
+from .sender import Outcome, PeerUnavailable, StoreResult
+from .sniff import Instance, Kind, detect
+from .unzip import ArchiveError, ExtractedFile, extract_zip
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Attempt:
+    """What one attempt at a ZIP found and did."""
+
+    found: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    changed: int = 0
+    queued: int = 0  # instances that had to be sent
+    results: list[StoreResult] = field(default_factory=list)
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    names: dict[Path, str] = field(default_factory=dict)  # extracted path -> name in the ZIP
+    unsent_reason: str = ""
+    archive_error: ArchiveError | None = None
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(r.outcome is outcome for r in self.results)
+
+    @property
+    def unsent(self) -> int:
+        return self.queued - len(self.results)
+
+
+class Delivery:
+    """Extract, detect, dedup and send one ZIP, with ``config.peer`` and the ledger."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        record: ZipRecord,
+        zip_name: str,
+        stop: threading.Event,
+        progress: Progress,
+    ):
+        self.config, self.ledger, self.record, self.zip_name = config, ledger, record, zip_name
+        self.stop, self.progress = stop, progress
+        self.peer = config.peer
+        self.attempt = Attempt()
+        self.seen = Seen()
+        self.batch: list[Instance] = []
+        self.batches: queue.Queue[list[Instance] | None] = queue.Queue(maxsize=2 * config.max_associations)
+        self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
+        self.lock = threading.Lock()
+
+    def run(self, zip_path: Path, work: Path) -> Attempt:
+        """Run the attempt to its end and return what happened."""
+        self.progress.start(self.zip_name, 0, 0)
+        senders = [threading.Thread(target=self._send_loop, name=f"sender-{n}") for n in range(self.config.max_associations)]
+        for thread in senders:
+            thread.start()
+        try:
+            extraction = extract_zip(zip_path, work, self.config.limits, on_file=self._examine)
+            for arcname, reason in extraction.skipped:
+                self._skip(arcname, reason, logging.WARNING)
+        except ArchiveError as exc:
+            self.attempt.archive_error = exc
+            self.halt.set()
+        finally:
+            if self.batch:
+                self.batches.put(self.batch)
+            for _ in senders:
+                self.batches.put(None)
+            for thread in senders:
+                thread.join()
+        self.progress.finish()
+        return self.attempt
+
+    # --- the extractor's side ----------------------------------------------------------------------
+
+    def _skip(self, arcname: str, reason: str, level: int) -> None:
+        self.attempt.skipped += 1
+        self.attempt.skipped_files.append((arcname, reason))
+        LOGGER.log(level, "%s: entry %s not sent: %s", self.zip_name, arcname, reason)
+
+    def _examine(self, f: ExtractedFile) -> None:
+        """Detect one extracted file and queue it when the dedup policy says it must be sent."""
+        detection = detect(f.path, f.sha256, f.size)
+        self.attempt.names[f.path] = f.arcname
+        inst = detection.instance
+        if detection.kind is not Kind.INSTANCE or inst is None:
+            level = logging.WARNING if detection.kind is Kind.NO_UID else logging.DEBUG
+            self._skip(f.arcname, detection.reason or detection.kind.value, level)
+            return
+        self.attempt.found += 1
+        decision = decide(self.ledger, self.peer.key, self.config.dedup_policy, inst, self.seen)
+        if decision.changed_from is not None:
+            self.attempt.changed += 1
+            LOGGER.warning(
+                "%s: entry %s: SOP Instance UID %s was delivered before from %s with different bytes (%s)",
+                self.zip_name,
+                f.arcname,
+                inst.sop_instance_uid,
+                decision.changed_from.zip_name,
+                "sent again" if decision.send else "not sent",
+            )
+        if not decision.send:
+            self.attempt.duplicates += 1
+            LOGGER.debug("%s: entry %s: %s already delivered", self.zip_name, f.arcname, inst.sop_instance_uid)
+            return
+        self.seen.add(inst)
+        self.attempt.queued += 1
+        self.progress.grow(1, inst.size)
+        self.batch.append(inst)
+        if len(self.batch) >= self.config.send_batch_size:
+            self.batches.put(self.batch)  # blocks while the senders are behind: bounded memory and disk lead
+            self.batch = []
+
+    # --- the senders' side -------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while (batch := self.batches.get()) is not None:
+            if self.stop.is_set():
+                self._halt("stopped before sending everything")
+            if self.halt.is_set():
+                continue  # drain, so the extractor never blocks; these stay unsent
+            try:
+                results = sender.store(self.peer, batch, on_result=self._record)
+            except PeerUnavailable as exc:
+                LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
+                self._halt(f"peer unavailable: {exc}")
+                continue
+            except Exception:
+                LOGGER.exception("%s: unexpected error while sending a batch", self.zip_name)
+                self._halt("unexpected error while sending (see the log)")
+                continue
+            with self.lock:
+                self.attempt.results.extend(results)
+            if any(r.outcome is Outcome.TRANSIENT for r in results):
+                self._halt("the peer could not store everything")  # keep the rest for the retry
+
+    def _halt(self, reason: str) -> None:
+        with self.lock:
+            if not self.attempt.unsent_reason:
+                self.attempt.unsent_reason = reason
+        self.halt.set()
+
+    def _record(self, r: StoreResult) -> None:
+        i = r.instance
+        if r.outcome in (Outcome.STORED, Outcome.WARNING):
+            self.ledger.record_delivery(
+                self.peer.key,
+                self.record.id,
+                self.zip_name,
+                sop_instance_uid=i.sop_instance_uid,
+                sha256=i.sha256,
+                sop_class_uid=i.sop_class_uid,
+                study_uid=i.study_uid,
+                series_uid=i.series_uid,
+                transfer_syntax=i.transfer_syntax,
+                status=r.status,
+                outcome=r.outcome.value,
+            )
+        self.progress.update(1, i.size)
+        level = logging.DEBUG if r.outcome is Outcome.STORED else logging.WARNING
+        LOGGER.log(level, "%s: %s %s: %s", self.zip_name, i.sop_instance_uid, r.outcome.value, r.detail)
