@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
+import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, build_context
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.status import (
+    STATUS_CANCEL,
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
+from pynetdicom.transport import AddressInformation, AssociationSocket
+
+from .contexts import Group, Mode, choose, payload, plan_groups, syntax_name
 from .sniff import Instance
+
+LOGGER = logging.getLogger(__name__)
+
+# Stream Part 10 files from disk in PDU-sized chunks instead of decoding them (read at call time).
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+# The DUL reactor sleeps this long whenever it finds nothing to do (pynetdicom: 1 ms); every
+# C-STORE waits on it at least twice, so a shorter nap lifts the rate of small files.
+_RUN_LOOP_DELAY = 0.0002
 
 
 class PeerUnavailable(Exception):
@@ -53,9 +80,131 @@ class EchoResult:
     detail: str
 
 
+class _RecordingSocket(socket.socket):
+    """A TCP socket that keeps the reason its connect() failed (pynetdicom only logs it)."""
+
+    connect_error: OSError | None = None
+
+    def connect(self, address):  # type: ignore[no-untyped-def]
+        try:
+            super().connect(address)
+        except OSError as exc:
+            self.connect_error = exc
+            raise
+
+
+class _TunedSocket(AssociationSocket):
+    """An association socket that never waits on Nagle's algorithm or on delayed ACKs."""
+
+    raw: _RecordingSocket
+
+    def _create_socket(self, address: AddressInformation) -> socket.socket:
+        self.raw = _RecordingSocket(address.address_family, socket.SOCK_STREAM)
+        self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Small PDUs (a C-STORE command, the last fragment) must leave at once, not wait for an ACK.
+        self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.assoc.network_timeout is not None:
+            self.raw.settimeout(self.assoc.network_timeout)
+        self.raw.bind(address.as_tuple)
+        self.assoc.dul._run_loop_delay = _RUN_LOOP_DELAY  # the one hook before the DUL thread starts
+        self._is_connected = False
+        return self.raw
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        data = super().recv(nr_bytes)
+        # Peers that keep Nagle on (dcmtk, Orthanc) hold their second small write until we ACK the
+        # first; Linux clears TCP_QUICKACK after a while, so it is re-armed after every read.
+        if hasattr(socket, "TCP_QUICKACK") and self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return data
+
+
+class _TunedAE(AE):
+    """An AE whose associations use :class:`_TunedSocket`."""
+
+    def _create_socket(self, assoc, address, tls_args):  # type: ignore[no-untyped-def]
+        sock = _TunedSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
+
+def _associate(peer: Peer, contexts: list) -> Association:  # type: ignore[type-arg]
+    """Return an established association; raise PeerUnavailable saying why there is none."""
+    ae = _TunedAE(ae_title=peer.local_ae_title)
+    ae.acse_timeout = peer.acse_timeout
+    ae.dimse_timeout = peer.dimse_timeout
+    ae.network_timeout = peer.network_timeout
+    ae.connection_timeout = peer.acse_timeout
+    bind = ("", peer.local_port) if peer.local_port else None
+    try:
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            contexts=contexts,
+            ae_title=peer.ae_title,
+            max_pdu=peer.max_pdu,
+            bind_address=bind,
+        )
+    except OSError as exc:  # e.g. the local port is already in use
+        raise PeerUnavailable(f"{peer.key}: cannot open a local socket: {exc}") from exc
+    if assoc.is_established:
+        _keep_responses(assoc)
+        return assoc
+    raise PeerUnavailable(f"{peer.key}: {_why_not_established(assoc, peer)}")
+
+
+def _keep_responses(assoc: Association) -> None:
+    """Hand back responses that pynetdicom's reactor snatches from a waiting send_c_store().
+
+    pynetdicom 3.0.4 races: its reactor may take a fast peer's C-STORE-RSP off the DIMSE queue,
+    log "Received unexpected C-STORE service message" and drop it, so send_c_store() waits for
+    dimse_timeout and aborts. Requestor-side, any response belongs to the waiting sender.
+    """
+    serve = assoc._serve_request
+
+    def serve_or_return(msg, context_id):  # type: ignore[no-untyped-def]
+        if not msg.is_valid_request and msg.is_valid_response:
+            LOGGER.debug("pynetdicom's reactor took a %s; handed back", msg.msg_type)
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_return  # type: ignore[method-assign]
+
+
+def _why_not_established(assoc: Association, peer: Peer) -> str:
+    sock = assoc.dul.socket
+    error = getattr(getattr(sock, "raw", None), "connect_error", None)
+    if error is not None:
+        if isinstance(error, TimeoutError):
+            return f"TCP connection timed out after {peer.acse_timeout:g} s"
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+        return f"cannot connect: {error}"
+    rsp = assoc.acceptor.primitive
+    if assoc.is_rejected and rsp is not None:
+        return f"association rejected ({rsp.result_str}, by {rsp.source_str}: {rsp.reason_str})"
+    if assoc.is_aborted:
+        return f"no association: aborted, or no answer within acse_timeout {peer.acse_timeout:g} s"
+    return "association not established"
+
+
 def echo(peer: Peer) -> EchoResult:
-    """C-ECHO the peer (TO BE WRITTEN)."""
-    raise NotImplementedError
+    """C-ECHO the peer, timing association and echo together; raise PeerUnavailable when no association is made."""
+    started = time.monotonic()
+    assoc = _associate(peer, [build_context(Verification)])
+    try:
+        status = assoc.send_c_echo()
+        seconds = time.monotonic() - started
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in status:
+        return EchoResult(False, seconds, "no C-ECHO response (timeout or abort)")
+    code = int(status.Status)
+    ok = code_to_category(code) == STATUS_SUCCESS
+    return EchoResult(ok, seconds, f"C-ECHO status 0x{code:04X} ({code_to_category(code)})")
 
 
 def store(
@@ -63,5 +212,129 @@ def store(
     instances: Sequence[Instance],
     on_result: Callable[[StoreResult], None] | None = None,
 ) -> list[StoreResult]:
-    """C-STORE the instances over one association (TO BE WRITTEN)."""
-    raise NotImplementedError
+    """C-STORE the instances, one association per group of at most 128 contexts; return results in input order.
+
+    Raise PeerUnavailable when the first association cannot be made; when a later one cannot,
+    or the peer aborts, the instances not yet answered are returned as TRANSIENT.
+    """
+    results: dict[int, StoreResult] = {}
+
+    def record(index: int, result: StoreResult) -> None:
+        results[index] = result
+        LOGGER.debug(
+            "%s %s: %s",
+            result.instance.sop_instance_uid,
+            result.outcome.value,
+            result.detail,
+        )
+        if on_result is not None:
+            on_result(result)
+
+    for group in plan_groups(instances):
+        contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
+        try:
+            assoc = _associate(peer, contexts)
+        except PeerUnavailable as exc:
+            if not results:
+                raise
+            _give_up(instances, results, record, str(exc))
+            break
+        try:
+            _store_group(assoc, instances, group, record)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if any(i not in results for i in group.indices):
+            _give_up(instances, results, record, "association aborted")
+            break
+    return [results[i] for i in range(len(instances))]
+
+
+def _give_up(
+    instances: Sequence[Instance],
+    results: dict[int, StoreResult],
+    record: Callable[[int, StoreResult], None],
+    detail: str,
+) -> None:
+    for index, instance in enumerate(instances):
+        if index not in results:
+            record(index, StoreResult(instance, Outcome.TRANSIENT, None, detail))
+
+
+def _store_group(
+    assoc: Association,
+    instances: Sequence[Instance],
+    group: Group,
+    record: Callable[[int, StoreResult], None],
+) -> None:
+    """Send the group's instances over `assoc`, stopping when the association ends."""
+    accepted: dict[str, list[str]] = {}
+    for cx in assoc.accepted_contexts:
+        accepted.setdefault(str(cx.abstract_syntax), []).append(cx.transfer_syntax[0])
+    refused = sorted({syntax_name(str(cx.abstract_syntax)) for cx in assoc.rejected_contexts})
+    LOGGER.debug(
+        "association with %s: %d contexts accepted, %d refused%s",
+        assoc.acceptor.ae_title,
+        len(assoc.accepted_contexts),
+        len(assoc.rejected_contexts),
+        f" ({', '.join(refused)})" if refused else "",
+    )
+    for message_id, index in enumerate(group.indices, start=1):
+        if not assoc.is_established:
+            return
+        instance = instances[index]
+        mode = choose(instance, accepted)
+        if mode is None:
+            record(
+                index,
+                StoreResult(instance, Outcome.PERMANENT, None, _no_context(instance, group)),
+            )
+            continue
+        try:
+            data = payload(instance, mode)
+            status = assoc.send_c_store(data, msg_id=(message_id - 1) % 65535 + 1)
+        except Exception as exc:  # one unreadable or unencodable file must not stop the batch
+            if not assoc.is_established:
+                return
+            detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
+            record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+            continue
+        record(index, _result(instance, status, mode))
+
+
+def _no_context(instance: Instance, group: Group) -> str:
+    proposed = dict.fromkeys(
+        ts for c in group.contexts if c.abstract_syntax == instance.sop_class_uid for ts in c.transfer_syntaxes
+    )
+    return (
+        f"peer accepted no presentation context for {syntax_name(instance.sop_class_uid)} "
+        f"in {', '.join(syntax_name(ts) for ts in proposed)}"
+    )
+
+
+def _result(instance: Instance, status: Dataset, mode: Mode) -> StoreResult:
+    """Classify a C-STORE response status Dataset (empty when no response came)."""
+    if "Status" not in status:
+        return StoreResult(
+            instance,
+            Outcome.TRANSIENT,
+            None,
+            "no response (timeout or association aborted)",
+        )
+    code = int(status.Status)
+    category = code_to_category(code)
+    words = STORAGE_SERVICE_CLASS_STATUS.get(code, (category, ""))[1] or category
+    detail = f"0x{code:04X} {words} ({mode.value})"
+    comment = status.get("ErrorComment")
+    if comment:
+        detail += f": {comment}"
+    if category == STATUS_SUCCESS:
+        outcome = Outcome.STORED
+    elif category == STATUS_WARNING:
+        outcome = Outcome.WARNING
+        LOGGER.warning("%s stored with warning %s", instance.sop_instance_uid, detail)
+    elif category == STATUS_CANCEL or code & 0xFF00 == 0xA700 or code == 0x0213:
+        outcome = Outcome.TRANSIENT  # out of resources: the same instance may go later
+    else:
+        outcome = Outcome.PERMANENT
+    return StoreResult(instance, outcome, code, detail)

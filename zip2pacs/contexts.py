@@ -1,0 +1,166 @@
+"""Presentation contexts: what to propose for a batch, and how each instance can go once the peer answered."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from .sniff import Instance
+
+# (implicit VR, little endian) as pydicom decoded a data set -> its transfer syntax.
+_BY_ENCODING: dict[tuple[bool | None, bool | None], str] = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
+
+# Syntaxes pydicom can re-encode into one another losslessly (deflated is inflated on reading).
+_LITTLE_ENDIAN = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+)
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class Context:
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]  # in order of preference
+
+
+@dataclass(frozen=True)
+class Group:
+    indices: tuple[int, ...]  # positions in the caller's sequence of instances
+    contexts: tuple[Context, ...]
+
+
+class Mode(enum.Enum):
+    STREAM = "streamed"  # the file's bytes as they are, never decoded
+    DATASET = "re-encoded"  # read with pydicom, encoded in an accepted uncompressed syntax
+    DECOMPRESS = "decompressed"  # pixel data decoded, sent in an accepted uncompressed syntax
+
+
+def can_decompress(transfer_syntax: str) -> bool:
+    """Return True when an installed pydicom pixel decoder handles this (compressed) transfer syntax."""
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        return bool(get_decoder(UID(transfer_syntax)).is_available)
+    except (ImportError, NotImplementedError, ValueError):
+        return False
+
+
+def needed_contexts(sop_class: str, transfer_syntax: str) -> tuple[Context, ...]:
+    """Return the contexts that give an instance of this SOP class and syntax a way to go."""
+    if transfer_syntax in _LITTLE_ENDIAN:
+        # Deflated data goes inflated: the file's deflated bytes cannot be streamed as they are.
+        own = ExplicitVRLittleEndian if transfer_syntax == DeflatedExplicitVRLittleEndian else transfer_syntax
+        other = ImplicitVRLittleEndian if own == ExplicitVRLittleEndian else ExplicitVRLittleEndian
+        return (Context(sop_class, (own, other)),)
+    if transfer_syntax == ExplicitVRBigEndian:
+        # pydicom does not byte-swap OW pixel data when re-encoding, so big endian goes as it is.
+        return (Context(sop_class, (transfer_syntax,)),)
+    # A compressed (or unknown) syntax gets a context of its own: proposing uncompressed syntaxes
+    # in the same context would let a peer pick them and force needless decompression.
+    own_only = Context(sop_class, (transfer_syntax,))
+    if can_decompress(transfer_syntax):
+        return own_only, Context(sop_class, _UNCOMPRESSED)
+    return (own_only,)
+
+
+def plan_groups(instances: Sequence[Instance], limit: int = MAX_CONTEXTS) -> list[Group]:
+    """Split instances into groups, each needing at most `limit` contexts, all of a SOP class together."""
+    by_class: dict[str, tuple[list[int], dict[Context, None]]] = {}
+    for index, instance in enumerate(instances):
+        members, needs = by_class.setdefault(instance.sop_class_uid, ([], {}))
+        members.append(index)
+        needs.update(dict.fromkeys(needed_contexts(instance.sop_class_uid, instance.transfer_syntax)))
+
+    groups: list[Group] = []
+    indices: list[int] = []
+    contexts: list[Context] = []
+    for class_indices, class_contexts in by_class.values():
+        if contexts and len(contexts) + len(class_contexts) > limit:
+            groups.append(Group(tuple(sorted(indices)), tuple(contexts)))
+            indices, contexts = [], []
+        indices.extend(class_indices)
+        contexts.extend(class_contexts)
+    if contexts:
+        groups.append(Group(tuple(sorted(indices)), tuple(contexts)))
+    return groups
+
+
+def choose(instance: Instance, accepted: Mapping[str, Sequence[str]]) -> Mode | None:
+    """Return how the instance can go given the accepted syntaxes per SOP class, or None when it cannot."""
+    syntaxes = accepted.get(instance.sop_class_uid, ())
+    own = instance.transfer_syntax
+    if own in syntaxes:
+        return Mode.STREAM if instance.faithful else Mode.DATASET
+    any_uncompressed = any(syntax in _UNCOMPRESSED for syntax in syntaxes)
+    if own in _LITTLE_ENDIAN and any_uncompressed:
+        return Mode.DATASET
+    if own not in _LITTLE_ENDIAN and own != ExplicitVRBigEndian and any_uncompressed and can_decompress(own):
+        return Mode.DECOMPRESS
+    return None
+
+
+def payload(instance: Instance, mode: Mode) -> str | Dataset:
+    """Return what send_c_store() gets: the file's path to stream, or a data set to encode."""
+    if mode is Mode.STREAM and _meta_agrees(instance):
+        return str(instance.path)
+    # Not streamed when the file meta disagrees: the C-STORE would carry its UIDs, not the data set's.
+    return _dataset(instance, mode)
+
+
+def _meta_agrees(instance: Instance) -> bool:
+    """Return True when the file meta names the instance's SOP class, instance and syntax."""
+    try:
+        meta = read_file_meta_info(instance.path)
+    except Exception:
+        return False
+    return (
+        meta.get("MediaStorageSOPClassUID") == instance.sop_class_uid
+        and meta.get("MediaStorageSOPInstanceUID") == instance.sop_instance_uid
+        and meta.get("TransferSyntaxUID") == instance.transfer_syntax
+    )
+
+
+def _dataset(instance: Instance, mode: Mode) -> Dataset:
+    """Read the instance with pydicom and make its file meta agree with the dataset."""
+    ds = dcmread(instance.path, force=True)
+    if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+        ds.file_meta = FileMetaDataset()
+    meta = ds.file_meta
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    syntax = str(meta.get("TransferSyntaxUID") or instance.transfer_syntax)
+    actual = _BY_ENCODING.get(ds.original_encoding)
+    claimed: str = syntax if syntax in _BY_ENCODING.values() else ExplicitVRLittleEndian
+    if not syntax or (actual is not None and actual != claimed):
+        # The file meta is missing or lies: trust how pydicom actually decoded the data set.
+        syntax = actual or ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = UID(syntax)
+    if mode is Mode.DECOMPRESS:
+        # The SOP Instance UID is kept: the peer must see the same instance, only re-encoded.
+        ds.decompress(generate_instance_uid=False)
+    return ds
+
+
+def syntax_name(uid: str) -> str:
+    """Return the transfer syntax or SOP class name, or the UID itself when pydicom does not know it."""
+    return UID(uid).name
