@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__, sender
 from .config import Config, ConfigError, load_config
-from .daemon import prepare_folders, run_forever, run_once
+from .daemon import AlreadyRunning, prepare_folders, run_forever, run_once
 from .demo import run_demo
 from .ledger import Ledger
 from .progress import LogProgress, TerminalProgress
@@ -148,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = config.peer
     LOGGER.info("DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port)
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
-    if args.once:
-        delivered = run_once(config, stop, progress)
-        return EXIT_OK if delivered else EXIT_UNDELIVERED
-    run_forever(config, stop, progress)
+    try:
+        if args.once:
+            delivered = run_once(config, stop, progress)
+            return EXIT_OK if delivered else EXIT_UNDELIVERED
+        run_forever(config, stop, progress)
+    except AlreadyRunning as exc:
+        LOGGER.error("%s", exc)
+        return EXIT_UNDELIVERED
     LOGGER.info("Stopped")
     return EXIT_OK

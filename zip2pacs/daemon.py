@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .config import Config
 from .intake import ReadyZip, StabilityTracker, list_zips, start_observer
 from .ledger import Ledger, ZipState
-from .pipeline import Pipeline, ZipOutcome
+from .pipeline import Pipeline, ZipOutcome, clean_leftovers
 from .progress import Progress
 
 LOGGER = logging.getLogger(__name__)
+
+
+class AlreadyRunning(Exception):
+    """Another watcher holds the ledger's lock; two would send the same ZIPs twice."""
 
 
 def prepare_folders(config: Config) -> None:
     """Create the configured folders that do not exist yet."""
     for folder in (config.watch_dir, config.work_dir, config.archive_dir, config.failed_dir, config.state_db.parent):
         folder.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def single_instance(config: Config) -> Iterator[None]:
+    """Hold an exclusive lock beside the ledger for as long as the watcher runs; raise AlreadyRunning if taken."""
+    path = config.state_db.with_name(config.state_db.name + ".lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(f"another watcher is running with the ledger {config.state_db}") from None
+        except OSError as exc:  # some network filesystems have no locks: run, but say so
+            LOGGER.warning("Cannot lock %s (%s); make sure only one watcher uses this ledger", path, exc.strerror)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        for leftover in clean_leftovers(config.work_dir):
+            LOGGER.info("Removed %s, left by an interrupted run", leftover)
+        yield
 
 
 def _safe_process(pipeline: Pipeline, z: ReadyZip) -> ZipOutcome | None:
@@ -37,7 +65,7 @@ def run_once(config: Config, stop: threading.Event | None = None, progress: Prog
     tracker = StabilityTracker(config.wait_zip_complete_seconds)
     all_delivered = True
     done: set[str] = set()
-    with Ledger(config.state_db) as ledger:
+    with single_instance(config), Ledger(config.state_db) as ledger:
         pipeline = Pipeline(config, ledger, stop, progress)
         while not stop.is_set():
             present = [z for z in list_zips(config.watch_dir) if z.path.name not in done]
@@ -63,7 +91,7 @@ def run_forever(config: Config, stop: threading.Event, progress: Progress | None
     wake = threading.Event()
     observer = start_observer(config.watch_dir, wake, config.observer, min(config.poll_interval_seconds, 2.0))
     try:
-        with Ledger(config.state_db) as ledger:
+        with single_instance(config), Ledger(config.state_db) as ledger:
             pipeline = Pipeline(config, ledger, stop, progress)
             broken: dict[ReadyZip, float] = {}  # ZIPs that hit an unexpected error -> when to try again
             while not stop.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import threading
 import time
@@ -40,6 +41,19 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+WORK_FOLDER = re.compile(r".+-[0-9a-f]{12}")
+
+
+def clean_leftovers(work_dir: Path) -> list[Path]:
+    """Remove extraction folders a crashed run left in ``work_dir``; return them. Other files are left alone."""
+    removed = []
+    for entry in sorted(work_dir.iterdir()) if work_dir.is_dir() else []:
+        if entry.is_dir() and not entry.is_symlink() and WORK_FOLDER.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _utc(ts: float) -> str:

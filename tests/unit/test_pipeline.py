@@ -241,3 +241,51 @@ def test_parallel_associations_deliver_every_instance_exactly_once(tmp_path, scp
     assert sorted(scp.stored) == sorted(uids) and scp.requests == 15
     with Ledger(config.state_db) as ledger:
         assert ledger.instance_count() == 15
+
+
+def test_second_watcher_on_the_same_ledger_is_refused(tmp_path, scp):
+    from zip2pacs.daemon import AlreadyRunning, single_instance
+
+    config = make_config(tmp_path, scp.port)
+    config.state_db.parent.mkdir(parents=True)
+    with single_instance(config):
+        with pytest.raises(AlreadyRunning):
+            run_once(config)
+
+
+def test_leftover_extraction_folders_are_removed_at_start_and_other_files_kept(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    leftover = config.work_dir / "study-0123456789ab"
+    (leftover / "a").mkdir(parents=True)
+    (leftover / "a" / "IM1").write_bytes(b"x")
+    (config.work_dir / "notes").mkdir()
+    assert run_once(config) is True
+    assert not leftover.exists() and (config.work_dir / "notes").exists()
+
+
+def test_retry_failed_moves_zips_back_and_the_next_run_tries_again(tmp_path, scp):
+    from zip2pacs.report import retry_failed, status_text
+
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=10)
+    scp.status_for = lambda ds: 0xC000
+    assert run_once(config) is False
+    assert (config.failed_dir / "study.zip").exists()
+    with Ledger(config.state_db) as ledger:
+        text = status_text(ledger, config)
+    assert "1 failed" in text and "study.zip: 6 instance(s) refused" in text
+    assert retry_failed(config) == [config.watch_dir / "study.zip"]
+    scp.status_for = lambda ds: 0x0000
+    assert run_once(config) is True
+    assert sorted(scp.stored) == sorted(uids)
+    with Ledger(config.state_db) as ledger:
+        assert ledger.zips_by_state() == {"delivered": 1}
+
+
+def test_zip_undelivered_past_the_budget_moves_to_failed_with_its_history(tmp_path):
+    config = make_config(tmp_path, 1, give_up_after_hours=1e-9)
+    zip_path, _ = study_zip(tmp_path, "study.zip", seed=11)
+    assert run_once(config) is False
+    reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
+    assert reason["reason"].startswith("gave up after 1 attempt(s); last error: peer unavailable")
+    assert reason["attempts"] == 1 and reason["counts"]["found"] == 6
