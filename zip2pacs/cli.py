@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__, sender
 from .config import Config, ConfigError, load_config
+from .contexts import SHORT_SYNTAX_NAMES, syntax_name
 from .daemon import AlreadyRunning, prepare_folders, run_forever, run_once
 from .demo import run_demo
 from .ledger import Ledger
@@ -94,21 +95,43 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def check(config: Config) -> int:
-    """Print the configuration summary and the outcome of a C-ECHO to the peer."""
+    """Print the configuration summary, then what one probing association learnt: echo, SOP classes, syntaxes."""
     peer = config.peer
     print(f"Configuration {config.source}: OK")
     print(f"Watch folder {config.watch_dir}; ledger {config.state_db}")
-    print(f"Peer {peer.ae_title} at {peer.host}:{peer.port}, calling AE title {peer.local_ae_title}")
+    secure = "DICOM TLS" if peer.tls is not None else "plain TCP (no TLS)"
+    print(f"Peer {peer.ae_title} at {peer.host}:{peer.port} over {secure}, calling AE title {peer.local_ae_title}")
+    # pynetdicom logs a failed connection (a TLS one with a traceback); the one line below says it all.
+    quiet = logging.getLogger("pynetdicom")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
-        result = sender.echo(peer)
+        result = sender.probe(peer)
     except sender.PeerUnavailable as exc:
-        print(f"C-ECHO failed: {exc}")
+        print(f"Association failed: {exc}")
         return EXIT_UNDELIVERED
-    if not result.ok:
-        print(f"C-ECHO failed: {result.detail}")
+    finally:
+        quiet.setLevel(level)
+    by = result.implementation or "the peer"
+    print(f"Association accepted in {result.association_seconds * 1000:.1f} ms by {by}")
+    if result.echo.ok:
+        print(f"C-ECHO OK: round trip {result.echo.seconds * 1000:.1f} ms ({result.echo.detail})")
+    else:
+        print(f"C-ECHO failed: {result.echo.detail}")
+    accepted = [c for c in result.classes if c.accepted]
+    print(f"Storage SOP classes accepted: {len(accepted)} of {len(result.classes)} proposed")
+    width = max(len(syntax_name(c.sop_class)) for c in result.classes)
+    for support in result.classes:
+        syntaxes = ", ".join(SHORT_SYNTAX_NAMES.get(ts, syntax_name(ts)) for ts in support.accepted) or "REFUSED"
+        print(f"  {syntax_name(support.sop_class):<{width}}  {syntaxes}")
+    print(
+        "Note: a successful echo does not prove the peer will store from this AE title "
+        f"({peer.local_ae_title}); Orthanc, for one, answers C-ECHO from anyone but stores only as configured."
+    )
+    if not result.echo.ok or not accepted:
+        if not accepted:
+            print("Check failed: the peer accepts none of the common storage SOP classes.")
         return EXIT_UNDELIVERED
-    print(f"C-ECHO OK in {result.seconds * 1000:.1f} ms. {result.detail}".rstrip())
-    print("Note: a successful echo does not prove the peer will store from this AE title; check its configuration.")
     return EXIT_OK
 
 

@@ -10,8 +10,11 @@ from typing import Any
 
 import yaml
 
+from .contexts import Decompress
 from .paths import resolve_path
 from .sender import Peer
+from .tls import TlsSettings
+from .tls import problems as tls_problems
 from .unzip import Limits
 
 DEDUP_POLICIES = ("uid_then_sha256", "uid_only", "sha256_only")
@@ -32,7 +35,7 @@ class ConfigError(Exception):
 class Key:
     section: str
     name: str
-    kind: str  # path | str | int | float | bool | choice
+    kind: str  # path | optional_path ("" = unset) | str | int | float | bool | choice
     default: Any
     meaning: str
     check: Callable[[Any], str | None] | None = None  # returns what was expected, or None when fine
@@ -78,6 +81,11 @@ KEYS: tuple[Key, ...] = (
     Key("dicom", "dimse_timeout", "float", 60.0, "Seconds to wait for a C-STORE/C-ECHO response.", _positive),
     Key("dicom", "network_timeout", "float", 60.0, "Seconds of network silence before aborting.", _positive),
     Key("dicom", "max_associations", "int", 1, "Associations sending one ZIP's batches in parallel.", _int_range(1, 16)),
+    Key("dicom", "use_tls", "bool", False, "Speak DICOM TLS to the peer (needs tls.ca_file)."),
+    Key("tls", "ca_file", "optional_path", "", "PEM certificates of the CAs that signed the peer's certificate."),
+    Key("tls", "cert_file", "optional_path", "", "Our client certificate (PEM), for peers that require one."),
+    Key("tls", "key_file", "optional_path", "", "Its private key (PEM, unencrypted), when not inside cert_file."),
+    Key("tls", "verify_hostname", "bool", True, "The peer's certificate must name dicom.peer_host."),
     Key("behavior", "poll_interval_seconds", "float", 10.0, "Rescan of watch_dir (safety net for lost events).", _positive),
     Key(
         "behavior",
@@ -94,6 +102,7 @@ KEYS: tuple[Key, ...] = (
     Key("behavior", "retry_max_seconds", "float", 1800.0, "Longest delay between retries.", _positive),
     Key("behavior", "give_up_after_hours", "float", 24.0, "A ZIP still undelivered this long after first seen moves to failed_dir.", _positive),
     Key("behavior", "observer", "choice", "auto", "How to see new files: native (inotify), polling, or auto (polling on WSL /mnt drives and network shares).", choices=OBSERVERS),
+    Key("behavior", "decompress", "choice", "lossless", "Compressed files the peer refuses that may go decoded: never, lossless, lossy.", choices=tuple(Decompress)),
     Key("limits", "max_total_mb", "int", 50 * 1024, "Largest total uncompressed size of one ZIP, in MB.", _int_range(1, 2**40)),
     Key("limits", "max_entries", "int", 200_000, "Most entries in one ZIP.", _int_range(1, 2**31)),
     Key("limits", "max_compression_ratio", "int", 1000, "Largest uncompressed/compressed ratio of one entry.", _int_range(2, 2**31)),
@@ -143,6 +152,10 @@ class Config:
 def _coerce(key: Key, value: Any, base: Path) -> tuple[Any, str | None]:
     """Return (value, problem); problem is 'expected X, got Y' or None."""
     got = f"got {value!r}"
+    if key.kind == "optional_path":
+        if isinstance(value, str) and not value.strip():
+            return None, None
+        key = Key(key.section, key.name, "path", key.default, key.meaning)
     if key.kind == "bool":
         if isinstance(value, bool):
             return value, None
@@ -220,6 +233,17 @@ def parse_config(raw: Any, source: Path) -> Config:
         values[key.dotted] = coerced
     if not problems and values["behavior.retry_max_seconds"] < values["behavior.retry_base_seconds"]:
         problems.append("At 'behavior.retry_max_seconds': expected a number >= behavior.retry_base_seconds")
+    tls = None
+    if values["dicom.use_tls"] and not any(p.startswith("At 'tls.") for p in problems):
+        if values["tls.ca_file"] is None:
+            problems.append(
+                "At 'tls.ca_file': expected a PEM file of CA certificates when dicom.use_tls is true, got nothing"
+            )
+        else:
+            tls = TlsSettings(
+                values["tls.ca_file"], values["tls.cert_file"], values["tls.key_file"], values["tls.verify_hostname"]
+            )
+            problems.extend(tls_problems(tls))
     if problems:
         raise ConfigError(source, problems)
     v = values
@@ -240,6 +264,8 @@ def parse_config(raw: Any, source: Path) -> Config:
             acse_timeout=v["dicom.acse_timeout"],
             dimse_timeout=v["dicom.dimse_timeout"],
             network_timeout=v["dicom.network_timeout"],
+            decompress=Decompress(v["behavior.decompress"]),
+            tls=tls,
         ),
         max_associations=v["dicom.max_associations"],
         poll_interval_seconds=v["behavior.poll_interval_seconds"],

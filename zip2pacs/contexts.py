@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom import dcmread
+from pydicom import uid as uids
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
@@ -14,7 +15,15 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
 )
 
 from .sniff import Instance
@@ -35,6 +44,30 @@ _LITTLE_ENDIAN = (
     DeflatedExplicitVRLittleEndian,
 )
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+# Compressed syntaxes whose decoding gives back exactly the pixels that were encoded. Every other
+# compressed syntax (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that may be
+# lossy) counts as lossy: decoding it makes a new image that only `decompress: lossy` may send.
+LOSSLESS_COMPRESSED = frozenset(
+    {
+        JPEGLossless,  # 1.2.840.10008.1.2.4.57
+        JPEGLosslessSV1,  # .70
+        JPEGLSLossless,  # .80
+        JPEG2000Lossless,  # .90
+        JPEG2000MCLossless,  # .92
+        HTJ2KLossless,  # .201
+        HTJ2KLosslessRPCL,  # .202
+        RLELossless,  # 1.2.840.10008.1.2.5
+    }
+)
+
+
+class Decompress(enum.StrEnum):
+    """Which compressed files may be decoded and sent uncompressed when the peer refuses their syntax."""
+
+    NEVER = "never"
+    LOSSLESS = "lossless"  # only syntaxes in LOSSLESS_COMPRESSED
+    LOSSY = "lossy"  # any syntax an installed decoder handles
 
 
 @dataclass(frozen=True)
@@ -65,8 +98,28 @@ def can_decompress(transfer_syntax: str) -> bool:
         return False
 
 
-def needed_contexts(sop_class: str, transfer_syntax: str) -> tuple[Context, ...]:
-    """Return the contexts that give an instance of this SOP class and syntax a way to go."""
+def may_decompress(transfer_syntax: str, policy: Decompress) -> bool:
+    """Return True when the policy allows decoding this compressed syntax and a decoder for it is installed."""
+    return not why_not_decompressed(transfer_syntax, policy)
+
+
+def why_not_decompressed(transfer_syntax: str, policy: Decompress) -> str:
+    """Return why a file in this syntax cannot be sent decompressed, or "" when it can."""
+    if transfer_syntax in _LITTLE_ENDIAN or transfer_syntax == ExplicitVRBigEndian:
+        return "it is not compressed"
+    if policy == Decompress.NEVER:
+        return "behavior.decompress is 'never'"
+    if policy == Decompress.LOSSLESS and transfer_syntax not in LOSSLESS_COMPRESSED:
+        return "it is lossy and behavior.decompress is 'lossless' (set 'lossy' to allow)"
+    if not can_decompress(transfer_syntax):
+        return "no installed decoder handles it"
+    return ""
+
+
+def needed_contexts(
+    sop_class: str, transfer_syntax: str, policy: Decompress = Decompress.LOSSLESS
+) -> tuple[Context, ...]:
+    """Return the contexts that give an instance of this SOP class and syntax a way to go under the policy."""
     if transfer_syntax in _LITTLE_ENDIAN:
         # Deflated data goes inflated: the file's deflated bytes cannot be streamed as they are.
         own = ExplicitVRLittleEndian if transfer_syntax == DeflatedExplicitVRLittleEndian else transfer_syntax
@@ -78,18 +131,20 @@ def needed_contexts(sop_class: str, transfer_syntax: str) -> tuple[Context, ...]
     # A compressed (or unknown) syntax gets a context of its own: proposing uncompressed syntaxes
     # in the same context would let a peer pick them and force needless decompression.
     own_only = Context(sop_class, (transfer_syntax,))
-    if can_decompress(transfer_syntax):
+    if may_decompress(transfer_syntax, policy):
         return own_only, Context(sop_class, _UNCOMPRESSED)
     return (own_only,)
 
 
-def plan_groups(instances: Sequence[Instance], limit: int = MAX_CONTEXTS) -> list[Group]:
+def plan_groups(
+    instances: Sequence[Instance], limit: int = MAX_CONTEXTS, policy: Decompress = Decompress.LOSSLESS
+) -> list[Group]:
     """Split instances into groups, each needing at most `limit` contexts, all of a SOP class together."""
     by_class: dict[str, tuple[list[int], dict[Context, None]]] = {}
     for index, instance in enumerate(instances):
         members, needs = by_class.setdefault(instance.sop_class_uid, ([], {}))
         members.append(index)
-        needs.update(dict.fromkeys(needed_contexts(instance.sop_class_uid, instance.transfer_syntax)))
+        needs.update(dict.fromkeys(needed_contexts(instance.sop_class_uid, instance.transfer_syntax, policy)))
 
     groups: list[Group] = []
     indices: list[int] = []
@@ -105,7 +160,9 @@ def plan_groups(instances: Sequence[Instance], limit: int = MAX_CONTEXTS) -> lis
     return groups
 
 
-def choose(instance: Instance, accepted: Mapping[str, Sequence[str]]) -> Mode | None:
+def choose(
+    instance: Instance, accepted: Mapping[str, Sequence[str]], policy: Decompress = Decompress.LOSSLESS
+) -> Mode | None:
     """Return how the instance can go given the accepted syntaxes per SOP class, or None when it cannot."""
     syntaxes = accepted.get(instance.sop_class_uid, ())
     own = instance.transfer_syntax
@@ -114,7 +171,7 @@ def choose(instance: Instance, accepted: Mapping[str, Sequence[str]]) -> Mode | 
     any_uncompressed = any(syntax in _UNCOMPRESSED for syntax in syntaxes)
     if own in _LITTLE_ENDIAN and any_uncompressed:
         return Mode.DATASET
-    if own not in _LITTLE_ENDIAN and own != ExplicitVRBigEndian and any_uncompressed and can_decompress(own):
+    if any_uncompressed and may_decompress(own, policy):
         return Mode.DECOMPRESS
     return None
 
@@ -164,3 +221,54 @@ def _dataset(instance: Instance, mode: Mode) -> Dataset:
 def syntax_name(uid: str) -> str:
     """Return the transfer syntax or SOP class name, or the UID itself when pydicom does not know it."""
     return UID(uid).name
+
+
+# What `--check` asks the peer about: the storage SOP classes most ZIP exports hold, images in the
+# syntaxes most often found on CDs, documents uncompressed. 12 x 8 + 7 x 2 = 110 contexts (<= 127 with Verification).
+PROBE_IMAGE_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    uids.JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    uids.JPEG2000,
+    RLELossless,
+)
+_PROBE_IMAGES = (
+    uids.CTImageStorage,
+    uids.MRImageStorage,
+    uids.ComputedRadiographyImageStorage,
+    uids.DigitalXRayImageStorageForPresentation,
+    uids.DigitalMammographyXRayImageStorageForPresentation,
+    uids.UltrasoundImageStorage,
+    uids.UltrasoundMultiFrameImageStorage,
+    uids.PositronEmissionTomographyImageStorage,
+    uids.NuclearMedicineImageStorage,
+    uids.SecondaryCaptureImageStorage,
+    uids.XRayAngiographicImageStorage,
+    uids.RTDoseStorage,
+)
+_PROBE_DOCUMENTS = (
+    uids.RTStructureSetStorage,
+    uids.RTPlanStorage,
+    uids.BasicTextSRStorage,
+    uids.EnhancedSRStorage,
+    uids.ComprehensiveSRStorage,
+    uids.KeyObjectSelectionDocumentStorage,
+    uids.EncapsulatedPDFStorage,
+)
+PROBE_CATALOGUE: tuple[Context, ...] = tuple(Context(c, PROBE_IMAGE_SYNTAXES) for c in _PROBE_IMAGES) + tuple(
+    Context(c, _UNCOMPRESSED) for c in _PROBE_DOCUMENTS
+)
+
+SHORT_SYNTAX_NAMES = {
+    ExplicitVRLittleEndian: "explicit LE",
+    ImplicitVRLittleEndian: "implicit LE",
+    uids.JPEGBaseline8Bit: "JPEG baseline",
+    JPEGLosslessSV1: "JPEG lossless",
+    JPEGLSLossless: "JPEG-LS lossless",
+    JPEG2000Lossless: "JPEG 2000 lossless",
+    uids.JPEG2000: "JPEG 2000",
+    RLELossless: "RLE",
+}

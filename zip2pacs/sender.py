@@ -6,6 +6,7 @@ import contextlib
 import enum
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +24,19 @@ from pynetdicom.status import (
 )
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from .contexts import Group, Mode, choose, payload, plan_groups, syntax_name
+from .contexts import (
+    PROBE_CATALOGUE,
+    Decompress,
+    Group,
+    Mode,
+    choose,
+    payload,
+    plan_groups,
+    syntax_name,
+    why_not_decompressed,
+)
 from .sniff import Instance
+from .tls import RecordingContext, TlsError, TlsSettings, client_context, describe_alert, describe_handshake_error
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,6 +52,10 @@ class PeerUnavailable(Exception):
     """No association could be made (refused, timed out, rejected); delivery is delayed, not failed."""
 
 
+class NothingAccepted(PeerUnavailable):
+    """The peer answered the association request but refused every presentation context proposed."""
+
+
 @dataclass(frozen=True)
 class Peer:
     host: str = "127.0.0.1"
@@ -51,6 +67,8 @@ class Peer:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    decompress: Decompress = Decompress.LOSSLESS  # which compressed files may go decoded
+    tls: TlsSettings | None = None  # None: plain TCP
 
     @property
     def key(self) -> str:
@@ -78,6 +96,22 @@ class EchoResult:
     ok: bool
     seconds: float
     detail: str
+
+
+@dataclass(frozen=True)
+class ClassSupport:
+    sop_class: str
+    proposed: tuple[str, ...]  # transfer syntaxes offered, one presentation context each
+    accepted: tuple[str, ...]  # those the peer accepted, in the same order; empty: SOP class refused
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    association_seconds: float  # connect, TLS handshake and A-ASSOCIATE, until established
+    echo: EchoResult  # its seconds are the C-ECHO round trip alone
+    classes: tuple[ClassSupport, ...]
+    implementation: str  # the peer's implementation version name, e.g. OFFIS_DCMTK_367
+    tls: bool
 
 
 class _RecordingSocket(socket.socket):
@@ -110,8 +144,14 @@ class _TunedSocket(AssociationSocket):
         self._is_connected = False
         return self.raw
 
+    recv_error: OSError | None = None  # kept: pynetdicom only logs it (a TLS alert says why the peer hung up)
+
     def recv(self, nr_bytes: int) -> bytearray:
-        data = super().recv(nr_bytes)
+        try:
+            data = super().recv(nr_bytes)
+        except OSError as exc:
+            self.recv_error = exc
+            raise
         # Peers that keep Nagle on (dcmtk, Orthanc) hold their second small write until we ACK the
         # first; Linux clears TCP_QUICKACK after a while, so it is re-armed after every read.
         if hasattr(socket, "TCP_QUICKACK") and self.socket is not None:
@@ -131,6 +171,12 @@ class _TunedAE(AE):
 
 def _associate(peer: Peer, contexts: list) -> Association:  # type: ignore[type-arg]
     """Return an established association; raise PeerUnavailable saying why there is none."""
+    tls_context: RecordingContext | None = None
+    if peer.tls is not None:
+        try:
+            tls_context = client_context(peer.tls)
+        except TlsError as exc:  # the files changed since the configuration was checked
+            raise PeerUnavailable(f"{peer.key}: {exc}") from exc
     ae = _TunedAE(ae_title=peer.local_ae_title)
     ae.acse_timeout = peer.acse_timeout
     ae.dimse_timeout = peer.dimse_timeout
@@ -145,13 +191,18 @@ def _associate(peer: Peer, contexts: list) -> Association:  # type: ignore[type-
             ae_title=peer.ae_title,
             max_pdu=peer.max_pdu,
             bind_address=bind,
+            tls_args=(tls_context, peer.host) if tls_context is not None else None,
         )
     except OSError as exc:  # e.g. the local port is already in use
         raise PeerUnavailable(f"{peer.key}: cannot open a local socket: {exc}") from exc
     if assoc.is_established:
         _keep_responses(assoc)
         return assoc
-    raise PeerUnavailable(f"{peer.key}: {_why_not_established(assoc, peer)}")
+    answer = assoc.acceptor.primitive
+    if answer is not None and answer.result == 0x00 and assoc.rejected_contexts and not assoc.accepted_contexts:
+        # pynetdicom aborts such an association; the peer's answer is still a refusal of these contexts.
+        raise NothingAccepted(f"{peer.key}: the peer refused all {len(contexts)} presentation contexts proposed")
+    raise PeerUnavailable(f"{peer.key}: {_why_not_established(assoc, peer, tls_context)}")
 
 
 def _keep_responses(assoc: Association) -> None:
@@ -173,15 +224,22 @@ def _keep_responses(assoc: Association) -> None:
     assoc._serve_request = serve_or_return  # type: ignore[method-assign]
 
 
-def _why_not_established(assoc: Association, peer: Peer) -> str:
+def _why_not_established(assoc: Association, peer: Peer, tls_context: RecordingContext | None) -> str:
     sock = assoc.dul.socket
     error = getattr(getattr(sock, "raw", None), "connect_error", None)
+    if tls_context is not None:
+        error = tls_context.connect_error  # the TLS socket replaced the raw one before connecting
     if error is not None:
         if isinstance(error, TimeoutError):
-            return f"TCP connection timed out after {peer.acse_timeout:g} s"
+            what = "TCP connection or TLS handshake" if tls_context is not None else "TCP connection"
+            return f"{what} timed out after {peer.acse_timeout:g} s"
         if isinstance(error, ConnectionRefusedError):
             return "connection refused (nothing listens on that port)"
+        if tls_context is not None:
+            return describe_handshake_error(error)
         return f"cannot connect: {error}"
+    if isinstance(getattr(sock, "recv_error", None), ssl.SSLError):
+        return describe_alert(sock.recv_error)
     rsp = assoc.acceptor.primitive
     if assoc.is_rejected and rsp is not None:
         return f"association rejected ({rsp.result_str}, by {rsp.source_str}: {rsp.reason_str})"
@@ -200,11 +258,51 @@ def echo(peer: Peer) -> EchoResult:
     finally:
         if assoc.is_established:
             assoc.release()
+    return _echo_result(status, seconds)
+
+
+def _echo_result(status: Dataset, seconds: float) -> EchoResult:
     if "Status" not in status:
         return EchoResult(False, seconds, "no C-ECHO response (timeout or abort)")
     code = int(status.Status)
     ok = code_to_category(code) == STATUS_SUCCESS
     return EchoResult(ok, seconds, f"C-ECHO status 0x{code:04X} ({code_to_category(code)})")
+
+
+def probe(peer: Peer) -> ProbeResult:
+    """Associate proposing Verification and the common storage SOP classes, C-ECHO, and report what was accepted.
+
+    Raise PeerUnavailable when no association is made (refused, rejected, timed out, TLS failure).
+    """
+    contexts = [build_context(Verification)]
+    for entry in PROBE_CATALOGUE:
+        contexts += [build_context(entry.abstract_syntax, [ts]) for ts in entry.transfer_syntaxes]
+    started = time.monotonic()
+    assoc = _associate(peer, contexts)
+    associated = time.monotonic() - started
+    try:
+        accepted: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        if Verification in accepted:
+            began = time.monotonic()
+            status = assoc.send_c_echo()
+            echoed = _echo_result(status, time.monotonic() - began)
+        else:
+            echoed = EchoResult(False, 0.0, "the peer refused the Verification SOP class (no C-ECHO possible)")
+        implementation = str(assoc.acceptor.implementation_version_name or assoc.acceptor.implementation_class_uid)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    classes = tuple(
+        ClassSupport(
+            entry.abstract_syntax,
+            entry.transfer_syntaxes,
+            tuple(ts for ts in entry.transfer_syntaxes if ts in accepted.get(entry.abstract_syntax, ())),
+        )
+        for entry in PROBE_CATALOGUE
+    )
+    return ProbeResult(associated, echoed, classes, implementation.strip(), peer.tls is not None)
 
 
 def store(
@@ -230,17 +328,23 @@ def store(
         if on_result is not None:
             on_result(result)
 
-    for group in plan_groups(instances):
+    for group in plan_groups(instances, policy=peer.decompress):
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
         try:
             assoc = _associate(peer, contexts)
+        except NothingAccepted:
+            for index in group.indices:
+                instance = instances[index]
+                detail = _no_context(instance, group, [], peer.decompress)
+                record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+            continue
         except PeerUnavailable as exc:
             if not results:
                 raise
             _give_up(instances, results, record, str(exc))
             break
         try:
-            _store_group(assoc, instances, group, record)
+            _store_group(assoc, instances, group, record, peer.decompress)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -266,6 +370,7 @@ def _store_group(
     instances: Sequence[Instance],
     group: Group,
     record: Callable[[int, StoreResult], None],
+    policy: Decompress,
 ) -> None:
     """Send the group's instances over `assoc`, stopping when the association ends."""
     accepted: dict[str, list[str]] = {}
@@ -283,12 +388,10 @@ def _store_group(
         if not assoc.is_established:
             return
         instance = instances[index]
-        mode = choose(instance, accepted)
+        mode = choose(instance, accepted, policy)
         if mode is None:
-            record(
-                index,
-                StoreResult(instance, Outcome.PERMANENT, None, _no_context(instance, group)),
-            )
+            detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
+            record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
         try:
             data = payload(instance, mode)
@@ -302,14 +405,20 @@ def _store_group(
         record(index, _result(instance, status, mode))
 
 
-def _no_context(instance: Instance, group: Group) -> str:
+def _no_context(instance: Instance, group: Group, accepted: Sequence[str], policy: Decompress) -> str:
+    """Say which SOP class and syntaxes were proposed, which the peer took, and why no decoding was tried."""
     proposed = dict.fromkeys(
         ts for c in group.contexts if c.abstract_syntax == instance.sop_class_uid for ts in c.transfer_syntaxes
     )
-    return (
+    taken = ", ".join(syntax_name(ts) for ts in dict.fromkeys(accepted)) or "none"
+    detail = (
         f"peer accepted no presentation context for {syntax_name(instance.sop_class_uid)} "
-        f"in {', '.join(syntax_name(ts) for ts in proposed)}"
+        f"in {', '.join(syntax_name(ts) for ts in proposed)} (accepted for this SOP class: {taken})"
     )
+    why = why_not_decompressed(instance.transfer_syntax, policy)
+    if why and why != "it is not compressed":
+        detail += f"; not sent decompressed: {why}"
+    return detail
 
 
 def _result(instance: Instance, status: Dataset, mode: Mode) -> StoreResult:

@@ -9,18 +9,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    RLELossless,
     generate_uid,
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_context, evt
@@ -35,8 +39,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from zip2pacs import sender
-from zip2pacs.contexts import plan_groups
-from zip2pacs.sender import Outcome, Peer, PeerUnavailable, echo, store
+from zip2pacs.cli import main
+from zip2pacs.contexts import LOSSLESS_COMPRESSED, PROBE_CATALOGUE, Context, Decompress, needed_contexts, plan_groups
+from zip2pacs.sender import Outcome, Peer, PeerUnavailable, echo, probe, store
 from zip2pacs.sniff import Instance
 
 PRIVATE_ROOT = "1.2.826.0.1.3680043.9.9999."
@@ -282,18 +287,102 @@ def test_store_re_encodes_files_that_are_not_faithful_or_deflated(tmp_path: Path
     assert deflated_rx.transfer_syntax != DeflatedExplicitVRLittleEndian
 
 
-def test_store_decompresses_when_the_peer_accepts_only_uncompressed_syntaxes(tmp_path: Path, start_scp) -> None:
-    jpeg = sample(tmp_path, "SC_rgb_jpeg_dcmtk.dcm")
-    assert jpeg.transfer_syntax == JPEGBaseline8Bit
-    scp = start_scp({SecondaryCaptureImageStorage: UNCOMPRESSED})
+def received_pixels(got: Received) -> np.ndarray:
+    """Decode the data set an SCP received in an uncompressed syntax."""
+    implicit = got.transfer_syntax == ImplicitVRLittleEndian
+    ds = read_dataset(BytesIO(got.data), is_implicit_VR=implicit, is_little_endian=True)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = got.transfer_syntax
+    return ds.pixel_array
 
-    [result] = store(scp.peer(), [jpeg])
 
-    assert result.outcome is Outcome.STORED
+@pytest.mark.parametrize(
+    "name",
+    ["SC_rgb_jpeg_gdcm.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"],
+)
+def test_lossless_files_go_decompressed_with_the_same_pixels_when_the_peer_takes_only_uncompressed(
+    tmp_path: Path, start_scp, name: str
+) -> None:
+    instance = sample(tmp_path, name)
+    assert instance.transfer_syntax in LOSSLESS_COMPRESSED
+    scp = start_scp({instance.sop_class_uid: UNCOMPRESSED})
+
+    [result] = store(scp.peer(), [instance])  # behavior.decompress defaults to lossless
+
+    assert result.outcome is Outcome.STORED, result.detail
     assert "decompressed" in result.detail
     [got] = scp.received
-    assert got.sop_instance == jpeg.sop_instance_uid
+    assert got.sop_instance == instance.sop_instance_uid
     assert got.transfer_syntax in UNCOMPRESSED
+    assert np.array_equal(received_pixels(got), dcmread(instance.path).pixel_array)
+
+
+def test_a_lossy_file_is_a_permanent_failure_under_lossless_naming_the_sop_class_and_syntaxes(
+    tmp_path: Path, start_scp
+) -> None:
+    jpeg = sample(tmp_path, "SC_rgb_jpeg_dcmtk.dcm")
+    assert jpeg.transfer_syntax == JPEGBaseline8Bit
+    ct = make_dicom(tmp_path, CTImageStorage)
+    scp = start_scp({SecondaryCaptureImageStorage: UNCOMPRESSED, CTImageStorage: UNCOMPRESSED})
+
+    results = store(scp.peer(decompress=Decompress.LOSSLESS), [jpeg, ct])
+
+    assert [r.outcome for r in results] == [Outcome.PERMANENT, Outcome.STORED]
+    assert results[0].detail == (
+        "peer accepted no presentation context for Secondary Capture Image Storage in JPEG Baseline (Process 1) "
+        "(accepted for this SOP class: none); not sent decompressed: "
+        "it is lossy and behavior.decompress is 'lossless' (set 'lossy' to allow)"
+    )
+    assert [r.sop_instance for r in scp.received] == [ct.sop_instance_uid]
+
+
+def test_a_batch_whose_every_context_is_refused_fails_permanently_not_as_an_unavailable_peer(
+    tmp_path: Path, start_scp
+) -> None:
+    jpeg = sample(tmp_path, "SC_rgb_jpeg_dcmtk.dcm")
+    scp = start_scp({SecondaryCaptureImageStorage: UNCOMPRESSED})
+
+    [result] = store(scp.peer(), [jpeg])  # the peer answers, refusing the only context proposed
+
+    assert result.outcome is Outcome.PERMANENT
+    assert "Secondary Capture Image Storage in JPEG Baseline (Process 1)" in result.detail
+    assert scp.received == []
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "JPEGLSNearLossless_08.dcm"])
+def test_lossy_files_go_decompressed_under_lossy(tmp_path: Path, start_scp, name: str) -> None:
+    instance = sample(tmp_path, name)
+    scp = start_scp({instance.sop_class_uid: UNCOMPRESSED})
+
+    [result] = store(scp.peer(decompress=Decompress.LOSSY), [instance])
+
+    assert result.outcome is Outcome.STORED, result.detail
+    assert "decompressed" in result.detail
+    [got] = scp.received
+    assert got.sop_instance == instance.sop_instance_uid
+    assert got.transfer_syntax in UNCOMPRESSED
+    assert np.array_equal(received_pixels(got), dcmread(instance.path).pixel_array)
+
+
+def test_never_sends_nothing_decompressed_even_lossless(tmp_path: Path, start_scp) -> None:
+    rle = sample(tmp_path, "MR_small_RLE.dcm")
+    scp = start_scp({MRImageStorage: UNCOMPRESSED})
+
+    [result] = store(scp.peer(decompress=Decompress.NEVER), [rle])
+
+    assert result.outcome is Outcome.PERMANENT
+    assert result.detail.endswith("not sent decompressed: behavior.decompress is 'never'")
+    assert scp.received == []
+
+
+def test_the_uncompressed_fallback_context_is_proposed_only_when_the_policy_allows_decoding() -> None:
+    fallback = Context(CTImageStorage, tuple(UNCOMPRESSED))
+
+    assert fallback in needed_contexts(CTImageStorage, RLELossless, Decompress.LOSSLESS)
+    assert fallback not in needed_contexts(CTImageStorage, RLELossless, Decompress.NEVER)
+    assert fallback not in needed_contexts(CTImageStorage, JPEGBaseline8Bit, Decompress.LOSSLESS)
+    assert fallback in needed_contexts(CTImageStorage, JPEGBaseline8Bit, Decompress.LOSSY)
+    assert needed_contexts(CTImageStorage, DeflatedExplicitVRLittleEndian, Decompress.NEVER) == (fallback,)
 
 
 def test_store_reports_a_sop_class_the_peer_does_not_support_as_permanent(tmp_path: Path, start_scp) -> None:
@@ -463,3 +552,47 @@ def test_a_response_taken_by_the_pynetdicom_reactor_is_handed_back_to_the_sender
         assert assoc.dimse.get_msg(block=True) == (1, rsp)
     finally:
         assoc.release()
+
+
+def test_probe_reports_echo_and_the_syntaxes_accepted_per_storage_sop_class(start_scp) -> None:
+    scp = start_scp({CTImageStorage: [ExplicitVRLittleEndian], MRImageStorage: UNCOMPRESSED + [JPEGBaseline8Bit]})
+
+    result = probe(scp.peer())
+
+    assert result.echo.ok and 0 < result.echo.seconds < 5
+    assert 0 < result.association_seconds < 5
+    assert not result.tls
+    accepted = {c.sop_class: c.accepted for c in result.classes if c.accepted}
+    assert accepted == {
+        CTImageStorage: (ExplicitVRLittleEndian,),
+        MRImageStorage: (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit),
+    }
+    assert len(result.classes) == len(PROBE_CATALOGUE) >= 15
+    assert 1 + sum(len(c.proposed) for c in result.classes) <= 128
+
+
+def test_check_prints_the_echo_time_the_sop_classes_and_the_storage_caveat(tmp_path: Path, start_scp, capsys) -> None:
+    scp = start_scp({CTImageStorage: UNCOMPRESSED})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dicom: {{peer_port: {scp.port}, peer_ae_title: STORESCP, acse_timeout: 5}}\n")
+
+    code = main([str(config), "--check"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "over plain TCP (no TLS)" in out
+    assert "C-ECHO OK: round trip " in out
+    assert "Storage SOP classes accepted: 1 of " in out
+    lines = {line.split("  ")[1].strip(): line.rsplit("  ", 1)[1] for line in out.splitlines() if line.startswith("  ")}
+    assert lines["CT Image Storage"] == "explicit LE, implicit LE"
+    assert lines["MR Image Storage"] == "REFUSED"
+    assert "does not prove the peer will store from this AE title (ZIPWATCHER)" in out
+
+
+def test_check_fails_when_the_peer_accepts_no_storage_sop_class(tmp_path: Path, start_scp, capsys) -> None:
+    scp = start_scp({})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dicom: {{peer_port: {scp.port}, peer_ae_title: STORESCP, acse_timeout: 5}}\n")
+
+    assert main([str(config), "--check"]) == 1
+    assert "the peer accepts none of the common storage SOP classes" in capsys.readouterr().out
