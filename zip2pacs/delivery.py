@@ -106,7 +106,7 @@ class Delivery:
         self.attempt.names[f.path] = f.arcname
         inst = detection.instance
         if detection.kind is not Kind.INSTANCE or inst is None:
-            level = logging.WARNING if detection.kind is Kind.NO_UID else logging.DEBUG
+            level = logging.WARNING if detection.kind in (Kind.NO_UID, Kind.DAMAGED) else logging.DEBUG
             self._skip(f.arcname, detection.reason or detection.kind.value, level)
             return
         self.attempt.found += 1

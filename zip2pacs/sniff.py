@@ -8,6 +8,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -32,6 +33,7 @@ class Kind(enum.Enum):
     INSTANCE = "instance"  # a storable DICOM instance
     DICOMDIR = "dicomdir"  # Media Storage Directory: never sent
     NO_UID = "no_uid"  # DICOM, but no SOP Class / SOP Instance UID: reported, not sent
+    DAMAGED = "damaged"  # DICOM whose bytes end before its elements do (truncated): reported, not sent
     NOT_DICOM = "not_dicom"
 
 
@@ -96,6 +98,55 @@ def _start_matches(start: bytes, syntax: str) -> bool:
     return group <= 8 and explicit != implicit
 
 
+_UNDEFINED = 0xFFFFFFFF
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: bool, nested: bool = False) -> bool:
+    """Walk element headers from the current position, seeking over values; return False when the file ends early.
+
+    pydicom reads a truncated file without a word, so this is what tells a damaged file from a whole one.
+    At the top level the elements must end exactly at end of file; ``nested`` ends at a delimitation item.
+    """
+    order = "little" if little else "big"
+    previous = -1
+    while True:
+        if not nested and size - file.tell() < 8:
+            return True  # the end, or a few padding bytes: no element can start there
+        head = file.read(8)
+        if len(head) < 8:
+            return False
+        group, element = int.from_bytes(head[0:2], order), int.from_bytes(head[2:4], order)
+        if not nested:
+            if group << 16 | element <= previous:
+                return True  # tags must ascend: this is junk after a whole dataset, not a truncation
+            previous = group << 16 | element
+        if group == 0xFFFE:  # items and delimiters are always implicit: tag + 4-byte length
+            length = int.from_bytes(head[4:8], order)
+            if element in (0xE00D, 0xE0DD):
+                return nested
+            if length == _UNDEFINED:
+                if not _elements_end_in_file(file, size, implicit, little, nested=True):
+                    return False
+                continue
+        elif implicit:
+            length = int.from_bytes(head[4:8], order)
+        elif head[4:6] in _LONG_VRS:
+            more = file.read(4)
+            if len(more) < 4:
+                return False
+            length = int.from_bytes(more, order)
+        else:
+            length = int.from_bytes(head[6:8], order)
+        if length == _UNDEFINED:  # a sequence or encapsulated pixel data: items until its delimiter
+            if not _elements_end_in_file(file, size, implicit or head[4:6] == b"UN", little, nested=True):
+                return False
+        elif file.tell() + length > size:
+            return False
+        else:
+            file.seek(length, 1)
+
+
 def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset, start: bytes) -> Detection:
     meta = dataset.file_meta
     meta_class = _text(meta, "MediaStorageSOPClassUID")
@@ -152,7 +203,24 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                 if part10 and isinstance(meta_length, int):
                     file.seek(132 + 12 + meta_length)
                     start = file.read(6)
-                return _classify(path, sha256, size, part10, dataset, start)
+                detection = _classify(path, sha256, size, part10, dataset, start)
+                data_start = None
+                if start:
+                    data_start = 132 + 12 + meta_length
+                elif not part10 and len(dataset.file_meta) == 0:
+                    data_start, start = 0, head[:6]
+                if (
+                    detection.instance is not None
+                    and data_start is not None
+                    and detection.instance.transfer_syntax != DEFLATED_EXPLICIT_LE
+                ):
+                    # The bytes, not the meta header, say whether VRs are explicit (some headers lie).
+                    implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
+                    little = dataset.original_encoding[1] is not False
+                    file.seek(data_start)
+                    if not _elements_end_in_file(file, size, implicit, little):
+                        return Detection(Kind.DAMAGED, None, "damaged: the file ends inside a data element (truncated)")
+                return detection
     except OSError as exc:
         return Detection(Kind.NOT_DICOM, None, f"unreadable file ({exc.strerror or type(exc).__name__})")
     except Exception as exc:  # pydicom raises many kinds on malformed bytes

@@ -248,9 +248,8 @@ def test_second_watcher_on_the_same_ledger_is_refused(tmp_path, scp):
 
     config = make_config(tmp_path, scp.port)
     config.state_db.parent.mkdir(parents=True)
-    with single_instance(config):
-        with pytest.raises(AlreadyRunning):
-            run_once(config)
+    with single_instance(config), pytest.raises(AlreadyRunning):
+        run_once(config)
 
 
 def test_leftover_extraction_folders_are_removed_at_start_and_other_files_kept(tmp_path, scp):

@@ -409,3 +409,37 @@ def test_a_file_declaring_4_gb_of_pixel_data_is_decided_from_its_header(tmp_path
     assert detection.kind is Kind.INSTANCE
     assert detection.instance is not None
     assert detection.instance.faithful
+
+
+@pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
+def test_bundled_truncated_files_are_damaged_not_instances(name):
+    path = Path(get_testdata_file(name))
+    detection = detect(path, "x", path.stat().st_size)
+    assert detection.kind is Kind.DAMAGED
+    assert "truncated" in detection.reason
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "SC_rgb_jpeg.dcm", "MR_small_RLE.dcm"])
+def test_whole_files_cut_anywhere_in_their_data_are_damaged(tmp_path, name):
+    data = Path(get_testdata_file(name)).read_bytes()
+    assert detect(write_bytes(tmp_path, "whole", data), "x", len(data)).kind is Kind.INSTANCE
+    for cut in (len(data) - 1, len(data) - 100, len(data) * 3 // 4):
+        path = write_bytes(tmp_path, f"cut{cut}", data[:cut])
+        assert detect(path, "x", cut).kind is Kind.DAMAGED, f"{name} cut at {cut} of {len(data)}"
+
+
+def test_trailing_padding_after_a_whole_dataset_is_not_damage(tmp_path):
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    for padding in (b"\x00", b"\x00" * 7, b"\x00" * 64):
+        path = write_bytes(tmp_path, f"pad{len(padding)}", data + padding)
+        assert detect(path, "x", len(data) + len(padding)).kind is Kind.INSTANCE
+
+
+def test_preambleless_dataset_cut_short_is_damaged(tmp_path):
+    ds = make_dataset()
+    whole = tmp_path / "whole"
+    write_dicom(whole, ds, preamble=False)
+    data = whole.read_bytes()
+    assert detect(whole, "x", len(data)).kind is Kind.INSTANCE
+    cut = write_bytes(tmp_path, "cut", data[:-10])
+    assert detect(cut, "x", len(data) - 10).kind is Kind.DAMAGED
