@@ -107,3 +107,12 @@ def test_log_progress_logs_at_most_once_per_interval(caplog):
             clock.now = float(second)
             progress.update(1, 1)
     assert [r.getMessage().split(":")[1].split()[0] for r in caplog.records] == ["10/100", "20/100"]
+
+
+def test_folder_that_cannot_be_created_is_a_config_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    path = tmp_path / "config.yaml"
+    path.write_text("paths:\n  watch_dir: afile/incoming\n")
+    assert main([str(path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create folder" in err and "afile/incoming" in err and "Traceback" not in err

@@ -288,3 +288,33 @@ def test_zip_undelivered_past_the_budget_moves_to_failed_with_its_history(tmp_pa
     reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
     assert reason["reason"].startswith("gave up after 1 attempt(s); last error: peer unavailable")
     assert reason["attempts"] == 1 and reason["counts"]["found"] == 6
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_random_zips_never_escape_the_loop_and_never_vanish(tmp_path_factory, scp):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    names = st.text(st.sampled_from("ab/\\.:~ \u00e9C"), min_size=1, max_size=12)
+    entries = st.lists(st.tuples(names, st.binary(max_size=300)), max_size=5)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(entries=entries, raw=st.one_of(st.none(), st.binary(max_size=200)))
+    def check(entries, raw):
+        root = tmp_path_factory.mktemp("random")
+        config = make_config(root, scp.port)
+        config.watch_dir.mkdir(parents=True)
+        path = config.watch_dir / "random.zip"
+        if raw is not None:
+            path.write_bytes(raw)
+        else:
+            with zipfile.ZipFile(path, "w") as zf:
+                for name, data in entries:
+                    zf.writestr(name, data)
+        assert run_once(config) is False  # nothing in it is DICOM: never "delivered"
+        assert (config.failed_dir / "random.zip").exists(), "the ZIP must be kept in failed/"
+        assert (config.failed_dir / "random.zip.error.json").exists()
+        outside = [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(root / "state")]
+        assert all(p.parent in (config.failed_dir, root / "logs") for p in outside), outside
+
+    check()
