@@ -24,6 +24,7 @@ class Seen:
 class Decision:
     send: bool
     changed_from: Delivered | None  # an earlier delivery of the same UID with other bytes
+    in_this_zip: bool = False  # not sent because another file of this ZIP is the same instance
 
 
 def decide(ledger: Ledger, peer: str, policy: str, inst: Instance, seen: Seen) -> Decision:
@@ -35,10 +36,12 @@ def decide(ledger: Ledger, peer: str, policy: str, inst: Instance, seen: Seen) -
     """
     by_uid = ledger.delivered_by_uid(peer, inst.sop_instance_uid)
     changed = by_uid if by_uid is not None and by_uid.sha256 != inst.sha256 else None
-    if policy in ("uid_then_sha256", "uid_only") and (by_uid is not None or inst.sop_instance_uid in seen.uids):
-        return Decision(False, changed)
-    if policy in ("uid_then_sha256", "sha256_only") and (
-        inst.sha256 in seen.shas or ledger.delivered_by_sha(peer, inst.sha256) is not None
+    by_uid_policy = policy in ("uid_then_sha256", "uid_only")
+    by_sha_policy = policy in ("uid_then_sha256", "sha256_only")
+    if (by_uid_policy and by_uid is not None) or (
+        by_sha_policy and ledger.delivered_by_sha(peer, inst.sha256) is not None
     ):
         return Decision(False, changed)
+    if (by_uid_policy and inst.sop_instance_uid in seen.uids) or (by_sha_policy and inst.sha256 in seen.shas):
+        return Decision(False, changed, in_this_zip=True)
     return Decision(True, changed)

@@ -65,6 +65,7 @@ class Delivery:
         self.peer = config.peer
         self.attempt = Attempt()
         self.seen = Seen()
+        self.spares: dict[str, list[Instance]] = {}  # SOP Instance UID -> other files of this ZIP holding it
         self.batch: list[Instance] = []
         self.batches: queue.Queue[list[Instance] | None] = queue.Queue(maxsize=2 * config.max_associations)
         self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
@@ -73,7 +74,9 @@ class Delivery:
     def run(self, zip_path: Path, work: Path) -> Attempt:
         """Run the attempt to its end and return what happened."""
         self.progress.start(self.zip_name, 0, 0)
-        senders = [threading.Thread(target=self._send_loop, name=f"sender-{n}") for n in range(self.config.max_associations)]
+        senders = [
+            threading.Thread(target=self._send_loop, name=f"sender-{n}") for n in range(self.config.max_associations)
+        ]
         for thread in senders:
             thread.start()
         try:
@@ -90,8 +93,37 @@ class Delivery:
                 self.batches.put(None)
             for thread in senders:
                 thread.join()
+        self._send_spares()
         self.progress.finish()
         return self.attempt
+
+    def _send_spares(self) -> None:
+        """Send another copy of each instance the peer refused, while this ZIP holds one."""
+        while not self.halt.is_set() and not self.stop.is_set():
+            refused = [
+                (n, r)
+                for n, r in enumerate(self.attempt.results)
+                if r.outcome is Outcome.PERMANENT and self.spares.get(r.instance.sop_instance_uid)
+            ]
+            if not refused:
+                return
+            spares = [self.spares[r.instance.sop_instance_uid].pop(0) for _, r in refused]
+            try:
+                results = sender.store(self.peer, spares, on_result=self._record)
+            except PeerUnavailable as exc:
+                self._halt(f"peer unavailable: {exc}")
+                return
+            for (n, first), second in zip(refused, results, strict=True):
+                if second.outcome is Outcome.PERMANENT:
+                    self.attempt.results[n] = second
+                    continue
+                name = self.attempt.names.get(first.instance.path, first.instance.path.name)
+                spare = self.attempt.names.get(second.instance.path, second.instance.path.name)
+                self._skip(
+                    name, f"could not be sent ({first.detail}); the same instance went from {spare}", logging.WARNING
+                )
+                self.attempt.duplicates -= 1
+                self.attempt.results[n] = second
 
     # --- the extractor's side ----------------------------------------------------------------------
 
@@ -123,7 +155,11 @@ class Delivery:
             )
         if not decision.send:
             self.attempt.duplicates += 1
-            LOGGER.debug("%s: entry %s: %s already delivered", self.zip_name, f.arcname, inst.sop_instance_uid)
+            if decision.in_this_zip:
+                # Kept in case the first copy cannot be sent (real exports hold broken twins).
+                self.spares.setdefault(inst.sop_instance_uid, []).append(inst)
+            why = "another file of this ZIP is the same instance" if decision.in_this_zip else "already delivered"
+            LOGGER.debug("%s: entry %s: %s not sent: %s", self.zip_name, f.arcname, inst.sop_instance_uid, why)
             return
         self.seen.add(inst)
         self.attempt.queued += 1

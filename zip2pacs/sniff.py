@@ -32,7 +32,7 @@ _TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID
 class Kind(enum.Enum):
     INSTANCE = "instance"  # a storable DICOM instance
     DICOMDIR = "dicomdir"  # Media Storage Directory: never sent
-    NO_UID = "no_uid"  # DICOM, but no SOP Class / SOP Instance UID: reported, not sent
+    NO_UID = "no_uid"  # DICOM, but without a SOP Class / SOP Instance / Study / Series UID: reported, not sent
     DAMAGED = "damaged"  # DICOM whose bytes end before its elements do (truncated): reported, not sent
     NOT_DICOM = "not_dicom"
 
@@ -156,9 +156,12 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset
     if not part10 and not (_is_uid(sop_class) and _is_uid(sop_instance)):
         # force=True turns almost any bytes into some dataset: only plausible UIDs prove DICOM.
         return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no parseable dataset)")
-    missing = [name for name, uid in (("SOP Class UID", sop_class), ("SOP Instance UID", sop_instance)) if not uid]
+    study, series = _text(dataset, "StudyInstanceUID"), _text(dataset, "SeriesInstanceUID")
+    # Study and Series Instance UID are Type 1 in every composite IOD: a PACS cannot file an instance without them.
+    uids = (("SOP Class UID", sop_class), ("SOP Instance UID", sop_instance), ("Study Instance UID", study))
+    missing = [name for name, uid in (*uids, ("Series Instance UID", series)) if not uid]
     if missing:
-        return Detection(Kind.NO_UID, None, f"DICOM without {' and '.join(missing)}")
+        return Detection(Kind.NO_UID, None, f"DICOM without {', '.join(missing)}")
     meta_syntax = _text(meta, "TransferSyntaxUID")
     implicit, little = dataset.original_encoding
     inferred = _INFERRED_SYNTAX.get((implicit, little), _INFERRED_SYNTAX[(True, True)])
@@ -175,8 +178,8 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
         transfer_syntax=meta_syntax or inferred,
-        study_uid=_text(dataset, "StudyInstanceUID"),
-        series_uid=_text(dataset, "SeriesInstanceUID"),
+        study_uid=study,
+        series_uid=series,
         sha256=sha256,
         size=size,
         faithful=faithful,
@@ -209,11 +212,8 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                     data_start = 132 + 12 + meta_length
                 elif not part10 and len(dataset.file_meta) == 0:
                     data_start, start = 0, head[:6]
-                if (
-                    detection.instance is not None
-                    and data_start is not None
-                    and detection.instance.transfer_syntax != DEFLATED_EXPLICIT_LE
-                ):
+                deflated = _text(dataset.file_meta, "TransferSyntaxUID") == DEFLATED_EXPLICIT_LE
+                if detection.kind in (Kind.INSTANCE, Kind.NO_UID) and data_start is not None and not deflated:
                     # The bytes, not the meta header, say whether VRs are explicit (some headers lie).
                     implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
                     little = dataset.original_encoding[1] is not False

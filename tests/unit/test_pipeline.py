@@ -318,3 +318,19 @@ def test_random_zips_never_escape_the_loop_and_never_vanish(tmp_path_factory, sc
         assert all(p.parent in (config.failed_dir, root / "logs") for p in outside), outside
 
     check()
+
+
+def test_refused_file_is_replaced_by_another_copy_of_the_same_instance_in_the_zip(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    source = tmp_path / "src" / "twins"
+    files = write_study(source, seed=12, n_series=1, per_series=3, rows=8, cols=8)
+    broken = dcmread(files[0])
+    broken.StudyDescription = "BROKEN COPY"
+    broken.save_as(source / "AAA_first_copy")  # sorted first in the ZIP
+    zip_folder(source, config.watch_dir / "twins.zip")
+    scp.status_for = lambda ds: 0xC000 if ds.get("StudyDescription") == "BROKEN COPY" else 0x0000
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DELIVERED
+    assert sorted(scp.stored) == sorted(str(dcmread(f).SOPInstanceUID) for f in files)
+    assert (outcome.counts.found, outcome.counts.sent, outcome.counts.duplicates, outcome.counts.failed) == (4, 3, 0, 0)
+    assert outcome.counts.skipped == 1
