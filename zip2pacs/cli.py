@@ -10,12 +10,14 @@ import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import __version__, sender
+from . import __version__, probe
+from .association import PeerUnavailable
 from .config import Config, ConfigError, load_config
-from .contexts import SHORT_SYNTAX_NAMES, syntax_name
+from .contexts import syntax_name
 from .daemon import AlreadyRunning, prepare_folders, run_forever, run_once
 from .demo import run_demo
 from .ledger import Ledger
+from .probe import SHORT_SYNTAX_NAMES
 from .progress import LogProgress, TerminalProgress
 from .report import retry_failed, status_text
 
@@ -106,8 +108,8 @@ def check(config: Config) -> int:
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        result = sender.probe(peer)
-    except sender.PeerUnavailable as exc:
+        result = probe.probe(peer)
+    except PeerUnavailable as exc:
         print(f"Association failed: {exc}")
         return EXIT_UNDELIVERED
     finally:

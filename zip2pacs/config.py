@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from .association import Peer
 from .contexts import Decompress
 from .paths import resolve_path
-from .sender import Peer
 from .tls import TlsSettings
 from .tls import problems as tls_problems
 from .unzip import Limits

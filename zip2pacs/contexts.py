@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom import dcmread
-from pydicom import uid as uids
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
@@ -221,54 +220,3 @@ def _dataset(instance: Instance, mode: Mode) -> Dataset:
 def syntax_name(uid: str) -> str:
     """Return the transfer syntax or SOP class name, or the UID itself when pydicom does not know it."""
     return UID(uid).name
-
-
-# What `--check` asks the peer about: the storage SOP classes most ZIP exports hold, images in the
-# syntaxes most often found on CDs, documents uncompressed. 12 x 8 + 7 x 2 = 110 contexts (<= 127 with Verification).
-PROBE_IMAGE_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    uids.JPEGBaseline8Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEG2000Lossless,
-    uids.JPEG2000,
-    RLELossless,
-)
-_PROBE_IMAGES = (
-    uids.CTImageStorage,
-    uids.MRImageStorage,
-    uids.ComputedRadiographyImageStorage,
-    uids.DigitalXRayImageStorageForPresentation,
-    uids.DigitalMammographyXRayImageStorageForPresentation,
-    uids.UltrasoundImageStorage,
-    uids.UltrasoundMultiFrameImageStorage,
-    uids.PositronEmissionTomographyImageStorage,
-    uids.NuclearMedicineImageStorage,
-    uids.SecondaryCaptureImageStorage,
-    uids.XRayAngiographicImageStorage,
-    uids.RTDoseStorage,
-)
-_PROBE_DOCUMENTS = (
-    uids.RTStructureSetStorage,
-    uids.RTPlanStorage,
-    uids.BasicTextSRStorage,
-    uids.EnhancedSRStorage,
-    uids.ComprehensiveSRStorage,
-    uids.KeyObjectSelectionDocumentStorage,
-    uids.EncapsulatedPDFStorage,
-)
-PROBE_CATALOGUE: tuple[Context, ...] = tuple(Context(c, PROBE_IMAGE_SYNTAXES) for c in _PROBE_IMAGES) + tuple(
-    Context(c, _UNCOMPRESSED) for c in _PROBE_DOCUMENTS
-)
-
-SHORT_SYNTAX_NAMES = {
-    ExplicitVRLittleEndian: "explicit LE",
-    ImplicitVRLittleEndian: "implicit LE",
-    uids.JPEGBaseline8Bit: "JPEG baseline",
-    JPEGLosslessSV1: "JPEG lossless",
-    JPEGLSLossless: "JPEG-LS lossless",
-    JPEG2000Lossless: "JPEG 2000 lossless",
-    uids.JPEG2000: "JPEG 2000",
-    RLELossless: "RLE",
-}

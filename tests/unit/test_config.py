@@ -115,3 +115,13 @@ def test_every_key_is_documented_in_the_readme_with_its_default():
     readme = (REPO / "README.md").read_text()
     for key in KEYS:
         assert f"`{key.dotted}`" in readme, f"{key.dotted} is not documented in README.md"
+
+
+def test_shipped_config_lists_every_key_with_its_default():
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key in KEYS:
+        assert key.name in shipped.get(key.section, {}), f"config.yaml lacks {key.dotted}"
+        value = shipped[key.section][key.name]
+        assert value == key.default or (value == "" and key.default in ("", None)), f"{key.dotted}: {value!r}"

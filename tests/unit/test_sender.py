@@ -38,10 +38,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from zip2pacs import sender
+from zip2pacs import association
+from zip2pacs.association import Peer, PeerUnavailable
 from zip2pacs.cli import main
-from zip2pacs.contexts import LOSSLESS_COMPRESSED, PROBE_CATALOGUE, Context, Decompress, needed_contexts, plan_groups
-from zip2pacs.sender import Outcome, Peer, PeerUnavailable, echo, probe, store
+from zip2pacs.contexts import LOSSLESS_COMPRESSED, Context, Decompress, needed_contexts, plan_groups
+from zip2pacs.probe import PROBE_CATALOGUE, echo, probe
+from zip2pacs.sender import Outcome, store
 from zip2pacs.sniff import Instance
 
 PRIVATE_ROOT = "1.2.826.0.1.3680043.9.9999."
@@ -529,7 +531,7 @@ def test_associations_disable_nagle_and_bind_the_configured_local_port(start_scp
     scp = start_scp()
     local_port = free_port()
 
-    assoc = sender._associate(scp.peer(local_port=local_port), [build_context(Verification)])
+    assoc = association.associate(scp.peer(local_port=local_port), [build_context(Verification)])
     try:
         raw = assoc.dul.socket.socket
         assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -540,7 +542,7 @@ def test_associations_disable_nagle_and_bind_the_configured_local_port(start_scp
 
 def test_a_response_taken_by_the_pynetdicom_reactor_is_handed_back_to_the_sender(start_scp) -> None:
     scp = start_scp()
-    assoc = sender._associate(scp.peer(), [build_context(Verification)])
+    assoc = association.associate(scp.peer(), [build_context(Verification)])
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo = 1
     rsp.AffectedSOPClassUID = CTImageStorage

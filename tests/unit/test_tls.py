@@ -14,9 +14,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from tests.certificates import Pki, make_pki
 from tests.unit.test_sender import make_dicom
+from zip2pacs.association import Peer, PeerUnavailable
 from zip2pacs.cli import main
 from zip2pacs.config import ConfigError, parse_config
-from zip2pacs.sender import Outcome, Peer, PeerUnavailable, echo, probe, store
+from zip2pacs.probe import echo, probe
+from zip2pacs.sender import Outcome, store
 from zip2pacs.tls import TlsSettings
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
