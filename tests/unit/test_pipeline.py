@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import zipfile
@@ -334,3 +335,21 @@ def test_refused_file_is_replaced_by_another_copy_of_the_same_instance_in_the_zi
     assert sorted(scp.stored) == sorted(str(dcmread(f).SOPInstanceUID) for f in files)
     assert (outcome.counts.found, outcome.counts.sent, outcome.counts.duplicates, outcome.counts.failed) == (4, 3, 0, 0)
     assert outcome.counts.skipped == 1
+
+
+def test_no_patient_name_or_birth_date_in_any_log_line_even_at_debug(tmp_path, scp, caplog):
+    config = make_config(tmp_path, scp.port)
+    source = tmp_path / "src" / "phi"
+    write_study(source, seed=13, n_series=1, per_series=2, rows=8, cols=8, patient=("SECRET^NAME", "PID0013"))
+    (source / "NOUID").write_bytes(b"\x08\x00\x20\x00\x08\x00\x00\x0020260101")  # a fragment: date, no UIDs
+    zip_folder(source, config.watch_dir / "phi.zip")
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("pynetdicom").setLevel(logging.DEBUG)
+        try:
+            [outcome] = process_all(config)
+        finally:
+            logging.getLogger("pynetdicom").setLevel(logging.NOTSET)
+    assert outcome.state is ZipState.DELIVERED
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "phi.zip" in text and len(caplog.records) > 10
+    assert "SECRET" not in text and "19700101" not in text
