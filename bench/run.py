@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The benchmark, one command: `python bench/run.py` (see bench/README.md); writes docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO)]
+
+import corpora  # noqa: E402
+import markdown  # noqa: E402
+from clients import DcmtkStorescu, Measurement, PynetdicomStorescu, Watcher, supported_keys  # noqa: E402
+from receivers import RECEIVERS, DiscardingStoreSCP  # noqa: E402
+from report import Results, text_table  # noqa: E402
+from targets import STOCK, TUNED, checks, text_checks  # noqa: E402
+
+Client = Watcher | DcmtkStorescu | PynetdicomStorescu
+MA_KEY = "dicom.max_associations"
+CONSOLE: list[str] = []  # everything printed, for the report's copy of the output
+
+
+def say(line: str = "") -> None:
+    """Print a line at once and keep it for docs/benchmarks.md."""
+    print(line, flush=True)
+    CONSOLE.append(line)
+
+
+@dataclass(frozen=True)
+class Planned:
+    corpus: corpora.Corpus
+    receiver: str
+    client: Client
+    every_round: bool  # False: measured in the first round only (context, not a target's figure)
+
+
+def clients() -> list[Client]:
+    """Return the senders in table order."""
+    return [
+        Watcher(1),
+        Watcher(2),
+        Watcher(4),
+        DcmtkStorescu(),
+        DcmtkStorescu({"TCP_NODELAY": "1"}),
+        PynetdicomStorescu(),
+    ]
+
+
+def _feeds_a_target(receiver: str, client: Client) -> bool:
+    if receiver == STOCK:
+        return isinstance(client, Watcher) or client.name == "dcmtk storescu"
+    if receiver == TUNED:
+        return not (isinstance(client, Watcher) and client.max_associations == 4)
+    return False
+
+
+def _nagle_bound(receiver: str, client: Client) -> bool:
+    # dcmtk without TCP_NODELAY (the stock Orthanc, the default-environment storescu) waits on a delayed ACK
+    # for every instance: such a run is steady and may be stopped early; every other run goes to its end.
+    return not isinstance(client, Watcher) and (receiver == STOCK or client.name == "dcmtk storescu")
+
+
+def plan(sets: list[corpora.Corpus]) -> list[Planned]:
+    """Return every (corpus, receiver, sender) cell; only those behind a target are repeated every round."""
+    return [
+        Planned(corpus, receiver, client, _feeds_a_target(receiver, client))
+        for corpus in sets
+        for receiver in RECEIVERS
+        for client in clients()
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="small corpora, one round: a sanity run of a minute or two"
+    )
+    parser.add_argument("--big", action="store_true", help="also time the watcher on a 3 GB ZIP for its peak RSS")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds (default 3, 1 with --quick; 0 with --big: the 3 GB ZIP only)",
+    )
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=None,
+        help="seconds after which a Nagle-bound baseline run is stopped (default 20, 8 with --quick)",
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/zip2pacs-bench"), help="corpora and run folders")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Markdown report (default docs/benchmarks.md; none with --quick)"
+    )
+    return parser.parse_args(argv)
+
+
+def measure(p: Planned, results: Results, keys: set[str], workdir: Path, cap: float) -> None:
+    """Time one run of one cell against a freshly started receiver and record it."""
+    cell = results.cell(p.corpus, p.receiver, p.client.name, p.client.source)
+    if isinstance(p.client, Watcher) and p.client.max_associations > 1 and MA_KEY not in keys:
+        cell.na = f"n/a: no {MA_KEY}"
+        return
+    if cell.capped:
+        return  # a capped baseline is latency-bound: one run says it
+    receiver = RECEIVERS[p.receiver](workdir / "receiver")
+    receiver.start()
+    try:
+        run_dir = workdir / "run"
+        m = p.client.run(run_dir, p.corpus, receiver, keys, cap=cap if _nagle_bound(p.receiver, p.client) else None)
+        cell.runs.append(m)
+        _say(p, m)
+        if isinstance(p.client, Watcher) and p.receiver == TUNED and p.client.max_associations == 1 and m.ok:
+            again = p.client.rerun(run_dir, p.corpus, receiver)
+            results.reruns.setdefault(p.corpus.spec.name, []).append(again)
+            say(f"    re-run of the same ZIP (all duplicates): {again.seconds:.2f} s {again.note}".rstrip())
+    finally:
+        receiver.stop()
+
+
+def _say(p: Planned, m: Measurement) -> None:
+    rate = (m.received if m.capped else p.corpus.count) / m.seconds
+    flag = "" if m.ok else "  FAILED: "
+    say(
+        f"  {p.corpus.spec.name:<11} {p.receiver:<16} {p.client.name:<28} {m.seconds:7.2f} s"
+        f" {rate:8.1f} files/s  RSS {m.peak_rss_mb:5.0f} MB  {flag}{m.note}"
+    )
+
+
+def run_big(results: Results, keys: set[str], workdir: Path) -> None:
+    """Deliver the 3 GB ZIP once to the discarding storescp and record the watcher's peak RSS."""
+    big = corpora.build(corpora.BIG, workdir / "corpora")
+    watcher = Watcher(2 if MA_KEY in keys else 1)
+    receiver = DiscardingStoreSCP(workdir / "receiver").start()
+    try:
+        m = watcher.run(workdir / "run", big, receiver, keys)
+    finally:
+        receiver.stop()
+    say(f"  big: {watcher.name}, {big.count} instances: {m.seconds:.1f} s, peak RSS {m.peak_rss_mb:.0f} MB {m.note}")
+    results.big = (big, receiver.name, m)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the corpora, run the interleaved rounds, print the table and write the Markdown report."""
+    args = parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    cap = args.cap if args.cap is not None else (8.0 if args.quick else 20.0)
+    out = args.out or (None if args.quick else REPO / "docs" / "benchmarks.md")
+    started = time.monotonic()
+    keys = supported_keys()
+    specs = corpora.QUICK if args.quick else corpora.FULL
+    say(f"Corpora in {args.workdir / 'corpora'} (generated once per spec, then reused):")
+    sets = [corpora.build(spec, args.workdir / "corpora") for spec in specs]
+    for c in sets:
+        say(f"  {c.spec.name}: {c.count} files, {c.mb:.0f} MB; ZIP {c.zip_bytes / 1e6:.0f} MB")
+    results = Results()
+    cells = plan(sets)
+    for number in range(1, rounds + 1):
+        todo = [p for p in cells if number == 1 or p.every_round]
+        shift = (number - 1) * 5 % len(todo)  # a different order each round, so no sender always runs first
+        say(f"Round {number}/{rounds}: {len(todo)} runs")
+        for p in todo[shift:] + todo[:shift]:
+            measure(p, results, keys, args.workdir, cap)
+    if args.big:
+        run_big(results, keys, args.workdir)
+    found = checks(sets, results)
+    elapsed = time.monotonic() - started
+    for line in ("", text_table(results), "", text_checks(found), "", f"Total {elapsed / 60:.1f} min."):
+        say(line)
+    if out is not None:
+        markdown.write(out, sets, results, found, CONSOLE, rounds=rounds, cap=cap, elapsed=elapsed, argv=sys.argv[1:])
+        print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
