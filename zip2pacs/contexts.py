@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -176,24 +175,14 @@ def choose(
 
 
 def payload(instance: Instance, mode: Mode) -> str | Dataset:
-    """Return what send_c_store() gets: the file's path to stream, or a data set to encode."""
-    if mode is Mode.STREAM and _meta_agrees(instance):
+    """Return what send_c_store() gets: the file's path to stream, or a data set to encode.
+
+    Only a ``faithful`` instance is streamed: detection found its file meta in agreement with the data set,
+    so the C-STORE carries the data set's own SOP class, instance and transfer syntax.
+    """
+    if mode is Mode.STREAM:
         return str(instance.path)
-    # Not streamed when the file meta disagrees: the C-STORE would carry its UIDs, not the data set's.
     return _dataset(instance, mode)
-
-
-def _meta_agrees(instance: Instance) -> bool:
-    """Return True when the file meta names the instance's SOP class, instance and syntax."""
-    try:
-        meta = read_file_meta_info(instance.path)
-    except Exception:
-        return False
-    return (
-        meta.get("MediaStorageSOPClassUID") == instance.sop_class_uid
-        and meta.get("MediaStorageSOPInstanceUID") == instance.sop_instance_uid
-        and meta.get("TransferSyntaxUID") == instance.transfer_syntax
-    )
 
 
 def _dataset(instance: Instance, mode: Mode) -> Dataset:

@@ -44,7 +44,7 @@ from zip2pacs.cli import main
 from zip2pacs.contexts import LOSSLESS_COMPRESSED, Context, Decompress, needed_contexts, plan_groups
 from zip2pacs.probe import PROBE_CATALOGUE, echo, probe
 from zip2pacs.sender import Outcome, store
-from zip2pacs.sniff import Instance
+from zip2pacs.sniff import Instance, detect
 
 PRIVATE_ROOT = "1.2.826.0.1.3680043.9.9999."
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -259,11 +259,14 @@ def test_store_delivers_every_sop_class_and_syntax_and_streams_faithful_files_un
     assert all("streamed" in r.detail for r in results if r.instance.faithful)
 
 
-def test_store_sends_the_data_set_uid_when_the_file_meta_disagrees_though_called_faithful(
+def test_store_sends_the_data_set_uid_of_a_detected_file_whose_meta_disagrees(
     tmp_path: Path, start_scp, unrestricted: None
 ) -> None:
+    # Streaming trusts detection: rtplan.dcm's file meta names another instance, so it must not be faithful.
     shutil.copyfile(get_testdata_file("rtplan.dcm"), tmp_path / "plan.dcm")
-    plan = instance_of(tmp_path / "plan.dcm", faithful=True)
+    path = tmp_path / "plan.dcm"
+    plan = detect(path, "x", path.stat().st_size).instance
+    assert plan is not None and not plan.faithful
     scp = start_scp()
 
     [result] = store(scp.peer(), [plan])
