@@ -6,7 +6,7 @@ import enum
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Self
 
@@ -92,6 +92,10 @@ class Counts:
     skipped: int = 0
     failed: int = 0
     changed: int = 0
+
+    def summary(self) -> str:
+        """Return ``found 3, sent 2, duplicates 1, ...`` for the log."""
+        return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
 _ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error"
@@ -190,12 +194,7 @@ class Ledger:
             "last_error=?, next_retry=?, final_path=?, updated=? WHERE id=?",
             (
                 state.value,
-                counts.found,
-                counts.sent,
-                counts.duplicates,
-                counts.skipped,
-                counts.failed,
-                counts.changed,
+                *astuple(counts),  # found, sent, duplicates, skipped, failed, changed
                 error,
                 next_retry,
                 final_path,

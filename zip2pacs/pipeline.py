@@ -186,15 +186,10 @@ class Pipeline:
         seconds = time.monotonic() - started
         rate = counts.sent / seconds if seconds > 0 else 0.0
         LOGGER.info(
-            "%s: %s - found %d, sent %d, duplicates %d, skipped %d, failed %d, changed %d, %.1f s (%.0f files/s, %.1f MB/s)",
+            "%s: %s - %s, %.1f s (%.0f files/s, %.1f MB/s)",
             z.path.name,
             state.value,
-            counts.found,
-            counts.sent,
-            counts.duplicates,
-            counts.skipped,
-            counts.failed,
-            counts.changed,
+            counts.summary(),
             seconds,
             rate,
             z.size / 1e6 / seconds if seconds > 0 else 0.0,
