@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import enum
+import json
 import sqlite3
 import threading
 import time
 from dataclasses import astuple, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration takes the database from version N-1 to N, in one transaction.
 MIGRATIONS: dict[int, str] = {
@@ -56,7 +58,10 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX instances_by_uid ON instances (peer, sop_instance_uid);
     CREATE INDEX instances_by_sha ON instances (peer, sha256);
     """,
+    # Every attempt that did not deliver, as JSON: [{"attempt", "at", "state", "error"}, ...].
+    2: "ALTER TABLE zips ADD COLUMN history TEXT NOT NULL DEFAULT '[]'",
 }
+HISTORY_KEPT = 50  # a ZIP retried every 30 min for days keeps its latest attempts only
 
 
 class ZipState(enum.Enum):
@@ -188,7 +193,13 @@ class Ledger:
         next_retry: float | None = None,
         final_path: str = "",
     ) -> None:
-        """Record the outcome of one attempt at a ZIP."""
+        """Record the outcome of one attempt at a ZIP; an attempt with an error joins the ZIP's history."""
+        if error:
+            history, attempts = self._row("SELECT history, attempts FROM zips WHERE id=?", (zip_id,)) or ("[]", 0)
+            entries = json.loads(history)
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            entries.append({"attempt": attempts, "at": at, "state": state.value, "error": error})
+            self._rows("UPDATE zips SET history=? WHERE id=?", (json.dumps(entries[-HISTORY_KEPT:]), zip_id))
         self._rows(
             "UPDATE zips SET state=?, found=?, sent=?, duplicates=?, skipped=?, failed=?, changed=?, "
             "last_error=?, next_retry=?, final_path=?, updated=? WHERE id=?",
@@ -210,6 +221,11 @@ class Ledger:
             "WHERE sha256=? AND peer=? AND state=?",
             (ZipState.PENDING.value, time.time(), time.time(), sha256, peer, ZipState.FAILED.value),
         )
+
+    def history(self, zip_id: int) -> list[dict[str, object]]:
+        """Return the ZIP's attempts that did not deliver, oldest first."""
+        row = self._row("SELECT history FROM zips WHERE id=?", (zip_id,))
+        return json.loads(row[0]) if row else []
 
     # --- instances ------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -156,6 +156,7 @@ class Pipeline:
         self, z: ReadyZip, record: ZipRecord, counts: Counts, why: str, started: float, entries: list[tuple[str, str]]
     ) -> ZipOutcome:
         target = move_unique(z.path, self.config.failed_dir)
+        self.ledger.zip_finish(record.id, ZipState.FAILED, counts, error=why, final_path=str(target))
         write_reason(
             target,
             {
@@ -164,13 +165,13 @@ class Pipeline:
                 "peer": self.peer.key,
                 "reason": why,
                 "entries": [{"name": n, "problem": p} for n, p in entries],
-                "counts": counts.__dict__,
+                "counts": asdict(counts),
                 "attempts": record.attempts,
+                "history": self.ledger.history(record.id),
                 "first_seen": _utc(record.first_seen),
                 "failed_at": _utc(time.time()),
             },
         )
-        self.ledger.zip_finish(record.id, ZipState.FAILED, counts, error=why, final_path=str(target))
         LOGGER.error("%s: moved to %s: %s", z.path.name, target, why)
         return self._report(z, ZipState.FAILED, counts, started, error=why, final_path=target)
 

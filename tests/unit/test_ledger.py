@@ -2,6 +2,8 @@
 
 import sqlite3
 
+import pytest
+
 from zip2pacs.ledger import SCHEMA_VERSION, Counts, Ledger, ZipState
 
 PEER = "ORTHANC@127.0.0.1:4242"
@@ -77,3 +79,42 @@ def test_reset_failed_gives_a_fresh_budget(tmp_path):
         ledger.reset_failed("zz", PEER)
         again = ledger.zip_by_sha("zz", PEER)
         assert again.state is ZipState.PENDING and again.attempts == 0
+
+
+def test_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path):
+    from zip2pacs.ledger import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[1] + ";PRAGMA user_version=1;")
+    db.execute(
+        "INSERT INTO zips (sha256, peer, name, size, mtime, state, first_seen, updated) "
+        "VALUES ('zz', ?, 'a.zip', 1, 1.0, 'pending', 1.0, 1.0)",
+        (PEER,),
+    )
+    db.commit()
+    db.close()
+    with Ledger(path) as ledger:
+        record = ledger.zip_by_sha("zz", PEER)
+        assert record is not None and ledger.history(record.id) == []
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_attempts_that_did_not_deliver_are_kept_as_history(tmp_path):
+    with Ledger(tmp_path / "l.db") as ledger:
+        record = ledger.zip_begin("zz", PEER, "a.zip", 10, 1.0)
+        ledger.zip_finish(record.id, ZipState.PENDING, Counts(), error="peer unavailable: connection refused")
+        ledger.zip_begin("zz", PEER, "a.zip", 10, 1.0)
+        ledger.zip_finish(record.id, ZipState.FAILED, Counts(), error="gave up")
+        history = ledger.history(record.id)
+        assert [(h["attempt"], h["state"], h["error"]) for h in history] == [
+            (1, "pending", "peer unavailable: connection refused"),
+            (2, "failed", "gave up"),
+        ]
+
+
+def test_newer_schema_than_the_program_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    sqlite3.connect(path).execute("PRAGMA user_version=99").connection.commit()
+    with pytest.raises(RuntimeError, match="newer than this program"):
+        Ledger(path)

@@ -289,6 +289,8 @@ def test_zip_undelivered_past_the_budget_moves_to_failed_with_its_history(tmp_pa
     reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
     assert reason["reason"].startswith("gave up after 1 attempt(s); last error: peer unavailable")
     assert reason["attempts"] == 1 and reason["counts"]["found"] == 6
+    assert [h["state"] for h in reason["history"]] == ["failed"]
+    assert "connection refused" in reason["history"][0]["error"]
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")

@@ -450,3 +450,24 @@ def test_nothing_ever_lands_outside_the_destination(entries):
         assert all(p.is_relative_to(dest) and not p.is_symlink() for p in found)
         if result is not None:
             assert found == {f.path for f in result.files}
+
+
+def test_zip64_archive_with_more_than_65535_entries_extracts(tmp_path: Path) -> None:
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for n in range(65_600):
+            zf.writestr(zipfile.ZipInfo(f"d{n}/"), b"")  # folder entries: cheap to write, nothing to extract
+        zf.writestr("last/IM1", b"payload")
+        zf.writestr(zipfile.ZipInfo("big/IM2"), b"x" * 10, compress_type=zipfile.ZIP_DEFLATED)
+    assert b"PK\x06\x06" in path.read_bytes()[-200:], "the archive must use the ZIP64 end of central directory"
+    result = extract_zip(path, tmp_path / "out")
+    assert sorted(f.arcname for f in result.files) == ["big/IM2", "last/IM1"]
+    assert (tmp_path / "out" / "last" / "IM1").read_bytes() == b"payload"
+
+
+def test_entry_with_zip64_extra_field_extracts(tmp_path: Path) -> None:
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("IM1", "w", force_zip64=True) as entry:
+        entry.write(b"DICM" * 1000)
+    result = extract_zip(path, tmp_path / "out")
+    assert [f.size for f in result.files] == [4000]
