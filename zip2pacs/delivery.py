@@ -38,6 +38,7 @@ class Attempt:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     names: dict[Path, str] = field(default_factory=dict)  # extracted path -> name in the ZIP
     unsent_reason: str = ""
+    interrupted: bool = False  # a shutdown stopped the extraction: the ZIP was not seen whole
     archive_error: ArchiveError | None = None
 
     def count(self, outcome: Outcome) -> int:
@@ -46,6 +47,10 @@ class Attempt:
     @property
     def unsent(self) -> int:
         return self.queued - len(self.results)
+
+
+class _Interrupted(Exception):
+    """Raised from the extraction callback when a shutdown was asked for."""
 
 
 class Delivery:
@@ -86,6 +91,9 @@ class Delivery:
         except ArchiveError as exc:
             self.attempt.archive_error = exc
             self.halt.set()
+        except _Interrupted:
+            self.attempt.interrupted = True
+            self._halt("stopped before the whole ZIP was read")
         finally:
             if self.batch:
                 self.batches.put(self.batch)
@@ -134,6 +142,8 @@ class Delivery:
 
     def _examine(self, f: ExtractedFile) -> None:
         """Detect one extracted file and queue it when the dedup policy says it must be sent."""
+        if self.stop.is_set():
+            raise _Interrupted  # a large ZIP must not hold up a shutdown
         detection = detect(f.path, f.sha256, f.size)
         self.attempt.names[f.path] = f.arcname
         inst = detection.instance

@@ -116,6 +116,8 @@ class Pipeline:
         permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
         failed = len(permanent) + a.count(Outcome.TRANSIENT) + a.unsent
         counts = Counts(a.found, sent, a.duplicates, a.skipped, failed, a.changed)
+        if a.interrupted:  # never judged on part of its entries: it goes on at the next start
+            return self._postpone(z, record, counts, a.unsent_reason, started)
         if isinstance(a.archive_error, DiskSpaceLow):
             return self._postpone(z, record, counts, f"{a.archive_error} (the ZIP waits until space is freed)", started)
         if a.archive_error is not None:

@@ -355,3 +355,35 @@ def test_no_patient_name_or_birth_date_in_any_log_line_even_at_debug(tmp_path, s
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "phi.zip" in text and len(caplog.records) > 10
     assert "SECRET" not in text and "19700101" not in text
+
+
+def test_shutdown_during_extraction_leaves_the_zip_pending_never_judged_on_part_of_it(tmp_path, scp, monkeypatch):
+    import threading
+    import time
+
+    from zip2pacs.delivery import Delivery
+
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=14)
+    stop = threading.Event()
+    examine = Delivery._examine
+
+    examined = []
+
+    def examine_then_stop(self, f):
+        examined.append(f.arcname)
+        examine(self, f)
+        stop.set()  # SIGTERM arrives once the first file is out of the ZIP
+
+    monkeypatch.setattr(Delivery, "_examine", examine_then_stop)
+    with Ledger(config.state_db) as ledger:
+        [z] = list_zips(config.watch_dir)
+        outcome = Pipeline(config, ledger, stop).process_zip(z)
+        record = ledger.zip_by_file(z.path.name, z.size, z.mtime, config.peer.key)
+    assert outcome.state is ZipState.PENDING and zip_path.exists()
+    assert len(examined) == 2, "extraction must stop at the shutdown, not read the rest of the ZIP"
+    assert record.next_retry <= time.time(), "an interrupted ZIP goes on at the next start, without back-off"
+    assert len(scp.stored) < len(uids)
+    monkeypatch.undo()
+    assert run_once(config) is True
+    assert sorted(scp.stored) == sorted(uids)
