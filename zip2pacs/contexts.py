@@ -24,14 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from .sniff import Instance
-
-# (implicit VR, little endian) as pydicom decoded a data set -> its transfer syntax.
-_BY_ENCODING: dict[tuple[bool | None, bool | None], str] = {
-    (True, True): ImplicitVRLittleEndian,
-    (False, True): ExplicitVRLittleEndian,
-    (False, False): ExplicitVRBigEndian,
-}
+from .sniff import SYNTAX_BY_ENCODING, Instance
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 
@@ -194,8 +187,8 @@ def _dataset(instance: Instance, mode: Mode) -> Dataset:
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     syntax = str(meta.get("TransferSyntaxUID") or instance.transfer_syntax)
-    actual = _BY_ENCODING.get(ds.original_encoding)
-    claimed: str = syntax if syntax in _BY_ENCODING.values() else ExplicitVRLittleEndian
+    actual = SYNTAX_BY_ENCODING.get(ds.original_encoding)
+    claimed: str = syntax if syntax in SYNTAX_BY_ENCODING.values() else ExplicitVRLittleEndian
     if not syntax or (actual is not None and actual != claimed):
         # The file meta is missing or lies: trust how pydicom actually decoded the data set.
         syntax = actual or ExplicitVRLittleEndian

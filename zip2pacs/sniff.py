@@ -19,7 +19,7 @@ LOGGER = logging.getLogger(__name__)
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 DEFLATED_EXPLICIT_LE = "1.2.840.10008.1.2.1.99"
 # pydicom's original_encoding (implicit VR, little endian) -> the transfer syntax it implies
-_INFERRED_SYNTAX: dict[tuple[bool | None, bool | None], str] = {
+SYNTAX_BY_ENCODING: dict[tuple[bool | None, bool | None], str] = {
     (True, True): "1.2.840.10008.1.2",
     (False, True): "1.2.840.10008.1.2.1",
     (False, False): "1.2.840.10008.1.2.2",
@@ -164,7 +164,7 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset
         return Detection(Kind.NO_UID, None, f"DICOM without {', '.join(missing)}")
     meta_syntax = _text(meta, "TransferSyntaxUID")
     implicit, little = dataset.original_encoding
-    inferred = _INFERRED_SYNTAX.get((implicit, little), _INFERRED_SYNTAX[(True, True)])
+    inferred = SYNTAX_BY_ENCODING.get((implicit, little), SYNTAX_BY_ENCODING[(True, True)])
     faithful = (
         part10
         and bool(meta_syntax)
