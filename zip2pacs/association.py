@@ -9,6 +9,7 @@ import ssl
 from dataclasses import dataclass
 
 from pynetdicom import AE, _config
+from pynetdicom import __version__ as pynetdicom_version
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
@@ -151,7 +152,10 @@ def _keep_responses(assoc: Association) -> None:
     log "Received unexpected C-STORE service message" and drop it, so send_c_store() waits for
     dimse_timeout and aborts. Requestor-side, any response belongs to the waiting sender.
     """
-    serve = assoc._serve_request
+    serve = getattr(assoc, "_serve_request", None)
+    if serve is None or not hasattr(assoc.dimse, "msg_queue"):
+        LOGGER.debug("pynetdicom %s has other internals; its own response handling is used", pynetdicom_version)
+        return
 
     def serve_or_return(msg, context_id):  # type: ignore[no-untyped-def]
         if not msg.is_valid_request and msg.is_valid_response:
