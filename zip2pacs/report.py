@@ -33,7 +33,9 @@ def status_text(ledger: Ledger, config: Config) -> str:
     if pending:
         lines.append("Pending:")
         for name, peer, attempts, next_retry, error in pending:
-            lines.append(f"  {name} -> {peer}: {attempts} attempt(s), next {_when(next_retry)}; last error: {error or '-'}")
+            # The ledger outlives files an operator moved away by hand: say so rather than promise a retry.
+            when = f"next {_when(next_retry)}" if (config.watch_dir / name).exists() else "no longer in the watch folder"
+            lines.append(f"  {name} -> {peer}: {attempts} attempt(s), {when}; last error: {error or '-'}")
     failures = ledger.recent_failures()
     if failures:
         lines.append("Recent failures:")

@@ -387,3 +387,15 @@ def test_shutdown_during_extraction_leaves_the_zip_pending_never_judged_on_part_
     monkeypatch.undo()
     assert run_once(config) is True
     assert sorted(scp.stored) == sorted(uids)
+
+
+def test_status_says_when_a_pending_zip_was_moved_away_by_hand(tmp_path):
+    from zip2pacs.report import status_text
+
+    config = make_config(tmp_path, 1)
+    zip_path, _ = study_zip(tmp_path, "study.zip", seed=15)
+    assert run_once(config) is False
+    with Ledger(config.state_db) as ledger:
+        assert "1 attempt(s), next " in status_text(ledger, config)
+        zip_path.rename(tmp_path / "elsewhere.zip")
+        assert "1 attempt(s), no longer in the watch folder" in status_text(ledger, config)
