@@ -26,6 +26,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from zip2pacs.synth import uid as seeded_uid  # a UID derived only from its parts: same seed, same UID
+
 MODALITIES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.4": "MR",  # MR Image Storage
@@ -35,12 +37,6 @@ MODALITIES = {
 }
 
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
-
-
-def seeded_uid(*parts: object) -> str:
-    """Return a UID derived only from ``parts``, so the same seed always gives the same UID."""
-    # The default prefix matters: with prefix=None pydicom ignores entropy_srcs and returns a random 2.25 UID.
-    return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
 def _pixels(rows: int, cols: int, salt: int, big_endian: bool) -> bytes:
