@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 
 from pynetdicom import AE, _config
@@ -81,8 +82,30 @@ class _TunedSocket(AssociationSocket):
             self.raw.settimeout(self.assoc.network_timeout)
         self.raw.bind(address.as_tuple)
         self.assoc.dul._run_loop_delay = _RUN_LOOP_DELAY  # the one hook before the DUL thread starts
+        self._guard_reads()
         self._is_connected = False
         return self.raw
+
+    read_guard: threading.Lock | None = None  # held by a dimse.Lane while the sending thread owns the socket
+
+    def _guard_reads(self) -> None:
+        """Make the DUL thread skip reading the socket while a lane holds ``read_guard``."""
+        dul = self.assoc.dul
+        reads = getattr(dul, "_is_transport_event", None)
+        if reads is None:
+            return  # other pynetdicom internals: no lane, pynetdicom sends everything
+        guard = threading.Lock()
+
+        def guarded_reads() -> bool:
+            if not guard.acquire(blocking=False):
+                return False
+            try:
+                return bool(reads())
+            finally:
+                guard.release()
+
+        dul._is_transport_event = guarded_reads
+        self.read_guard = guard
 
     recv_error: OSError | None = None  # kept: pynetdicom only logs it (a TLS alert says why the peer hung up)
 

@@ -29,12 +29,12 @@ from .sniff import SYNTAX_BY_ENCODING, Instance
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 
 # Syntaxes pydicom can re-encode into one another losslessly (deflated is inflated on reading).
-_LITTLE_ENDIAN = (
+LITTLE_ENDIAN = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
 )
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 # Compressed syntaxes whose decoding gives back exactly the pixels that were encoded. Every other
 # compressed syntax (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that may be
@@ -96,7 +96,7 @@ def may_decompress(transfer_syntax: str, policy: Decompress) -> bool:
 
 def why_not_decompressed(transfer_syntax: str, policy: Decompress) -> str:
     """Return why a file in this syntax cannot be sent decompressed, or "" when it can."""
-    if transfer_syntax in _LITTLE_ENDIAN or transfer_syntax == ExplicitVRBigEndian:
+    if transfer_syntax in LITTLE_ENDIAN or transfer_syntax == ExplicitVRBigEndian:
         return "it is not compressed"
     if policy == Decompress.NEVER:
         return "behavior.decompress is 'never'"
@@ -111,7 +111,7 @@ def needed_contexts(
     sop_class: str, transfer_syntax: str, policy: Decompress = Decompress.LOSSLESS
 ) -> tuple[Context, ...]:
     """Return the contexts that give an instance of this SOP class and syntax a way to go under the policy."""
-    if transfer_syntax in _LITTLE_ENDIAN:
+    if transfer_syntax in LITTLE_ENDIAN:
         # Deflated data goes inflated: the file's deflated bytes cannot be streamed as they are.
         own = ExplicitVRLittleEndian if transfer_syntax == DeflatedExplicitVRLittleEndian else transfer_syntax
         other = ImplicitVRLittleEndian if own == ExplicitVRLittleEndian else ExplicitVRLittleEndian
@@ -123,7 +123,7 @@ def needed_contexts(
     # in the same context would let a peer pick them and force needless decompression.
     own_only = Context(sop_class, (transfer_syntax,))
     if may_decompress(transfer_syntax, policy):
-        return own_only, Context(sop_class, _UNCOMPRESSED)
+        return own_only, Context(sop_class, UNCOMPRESSED)
     return (own_only,)
 
 
@@ -159,8 +159,8 @@ def choose(
     own = instance.transfer_syntax
     if own in syntaxes:
         return Mode.STREAM if instance.faithful else Mode.DATASET
-    any_uncompressed = any(syntax in _UNCOMPRESSED for syntax in syntaxes)
-    if own in _LITTLE_ENDIAN and any_uncompressed:
+    any_uncompressed = any(syntax in UNCOMPRESSED for syntax in syntaxes)
+    if own in LITTLE_ENDIAN and any_uncompressed:
         return Mode.DATASET
     if any_uncompressed and may_decompress(own, policy):
         return Mode.DECOMPRESS

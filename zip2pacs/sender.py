@@ -19,7 +19,19 @@ from pynetdicom.status import (
 )
 
 from .association import NothingAccepted, Peer, PeerUnavailable, associate
-from .contexts import Decompress, Group, Mode, choose, payload, plan_groups, syntax_name, why_not_decompressed
+from .contexts import (
+    LITTLE_ENDIAN,
+    UNCOMPRESSED,
+    Decompress,
+    Group,
+    Mode,
+    choose,
+    payload,
+    plan_groups,
+    syntax_name,
+    why_not_decompressed,
+)
+from .dimse import Lane, LaneClosed, Response, open_lane
 from .sniff import Instance
 
 __all__ = ["NothingAccepted", "Outcome", "Peer", "PeerUnavailable", "StoreResult", "store"]
@@ -121,6 +133,62 @@ def _store_group(
         len(assoc.rejected_contexts),
         f" ({', '.join(refused)})" if refused else "",
     )
+    lane = open_lane(assoc, assoc.dimse_timeout)
+    if lane is None:
+        _store_with_pynetdicom(assoc, instances, group, record, policy, accepted)
+        return
+    try:
+        with lane:
+            for message_id, index in enumerate(group.indices, start=1):
+                instance = instances[index]
+                mode = choose(instance, accepted, policy)
+                if mode is None:
+                    detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
+                    record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+                    continue
+                try:
+                    response = _send_on_lane(lane, instance, mode, (message_id - 1) % 65535 + 1)
+                except LaneClosed as exc:
+                    # The rest of the group is given up by store(); this one may or may not have arrived.
+                    record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
+                    raise
+                except Exception as exc:  # one unreadable or unencodable file must not stop the batch
+                    detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
+                    record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+                    continue
+                record(index, _result(instance, response.status, response.error_comment, mode))
+    except LaneClosed as exc:
+        LOGGER.warning("association with %s ended: %s", assoc.acceptor.ae_title, exc)
+
+
+def _send_on_lane(lane: Lane, instance: Instance, mode: Mode, message_id: int) -> Response:
+    if mode is Mode.STREAM:
+        return lane.store_file(
+            instance.sop_class_uid,
+            instance.sop_instance_uid,
+            instance.transfer_syntax,
+            instance.path,
+            instance.data_offset,
+            message_id,
+        )
+    dataset = payload(instance, mode)
+    assert isinstance(dataset, Dataset)
+    own = str(dataset.file_meta.TransferSyntaxUID)
+    # Little endian data sets may change between explicit and implicit VR, as the peer accepted.
+    candidates = (own, *UNCOMPRESSED) if own in LITTLE_ENDIAN else (own,)
+    syntax = next((ts for ts in candidates if lane.context_id(instance.sop_class_uid, ts) is not None), own)
+    return lane.store_dataset(dataset, syntax, message_id)
+
+
+def _store_with_pynetdicom(
+    assoc: Association,
+    instances: Sequence[Instance],
+    group: Group,
+    record: Callable[[int, StoreResult], None],
+    policy: Decompress,
+    accepted: dict[str, list[str]],
+) -> None:
+    """Send the group through pynetdicom's own send_c_store() (when a lane cannot hold the socket)."""
     for message_id, index in enumerate(group.indices, start=1):
         if not assoc.is_established:
             return
@@ -139,7 +207,8 @@ def _store_group(
             detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
-        record(index, _result(instance, status, mode))
+        code = int(status.Status) if "Status" in status else None
+        record(index, _result(instance, code, str(status.get("ErrorComment") or ""), mode))
 
 
 def _no_context(instance: Instance, group: Group, accepted: Sequence[str], policy: Decompress) -> str:
@@ -158,20 +227,18 @@ def _no_context(instance: Instance, group: Group, accepted: Sequence[str], polic
     return detail
 
 
-def _result(instance: Instance, status: Dataset, mode: Mode) -> StoreResult:
-    """Classify a C-STORE response status Dataset (empty when no response came)."""
-    if "Status" not in status:
+def _result(instance: Instance, code: int | None, comment: str, mode: Mode) -> StoreResult:
+    """Classify a C-STORE response status (None when no response came)."""
+    if code is None:
         return StoreResult(
             instance,
             Outcome.TRANSIENT,
             None,
             "no response (timeout or association aborted)",
         )
-    code = int(status.Status)
     category = code_to_category(code)
     words = STORAGE_SERVICE_CLASS_STATUS.get(code, (category, ""))[1] or category
     detail = f"0x{code:04X} {words} ({mode.value})"
-    comment = status.get("ErrorComment")
     if comment:
         detail += f": {comment}"
     if category == STATUS_SUCCESS:

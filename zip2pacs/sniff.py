@@ -48,6 +48,7 @@ class Instance:
     sha256: str
     size: int
     faithful: bool  # True: the file's bytes can be streamed as they are (consistent Part 10 file)
+    data_offset: int  # where the data set starts in the file, after the file meta (0 when not faithful)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,23 @@ def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: boo
             file.seek(length, 1)
 
 
-def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset, start: bytes) -> Detection:
+def _meta_end(file: BinaryIO) -> int:
+    """Walk the file meta elements (explicit VR little endian) after the preamble; return where they end."""
+    file.seek(132)
+    while True:
+        head = file.read(8)
+        if len(head) < 8 or int.from_bytes(head[0:2], "little") != 0x0002:
+            return file.tell() - len(head)
+        if head[4:6] in _LONG_VRS:
+            length = int.from_bytes(file.read(4), "little")
+        else:
+            length = int.from_bytes(head[6:8], "little")
+        file.seek(length, 1)
+
+
+def _classify(
+    path: Path, sha256: str, size: int, part10: bool, dataset: Dataset, start: bytes, data_start: int
+) -> Detection:
     meta = dataset.file_meta
     meta_class = _text(meta, "MediaStorageSOPClassUID")
     sop_class, sop_instance = _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID")
@@ -172,6 +189,7 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset
         and meta_class == sop_class
         and _text(meta, "MediaStorageSOPInstanceUID") == sop_instance
         and _start_matches(start, meta_syntax)
+        and data_start > 0
     )
     instance = Instance(
         path=path,
@@ -183,6 +201,7 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, dataset: Dataset
         sha256=sha256,
         size=size,
         faithful=faithful,
+        data_offset=data_start if faithful else 0,
     )
     return Detection(Kind.INSTANCE, instance, "")
 
@@ -203,10 +222,14 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                 # The first bytes after the meta header show how the dataset is really encoded.
                 meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
                 start = b""
+                meta_end = 0
                 if part10 and isinstance(meta_length, int):
+                    # Streaming starts where the elements end; a group length that disagrees is not trusted.
+                    meta_end = _meta_end(file)
+                    meta_end = meta_end if meta_end == 132 + 12 + meta_length else 0
                     file.seek(132 + 12 + meta_length)
                     start = file.read(6)
-                detection = _classify(path, sha256, size, part10, dataset, start)
+                detection = _classify(path, sha256, size, part10, dataset, start, meta_end)
                 data_start = None
                 if start:
                     data_start = 132 + 12 + meta_length

@@ -38,10 +38,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from zip2pacs import association
+from zip2pacs import association, sender
 from zip2pacs.association import Peer, PeerUnavailable
 from zip2pacs.cli import main
 from zip2pacs.contexts import LOSSLESS_COMPRESSED, Context, Decompress, needed_contexts, plan_groups
+from zip2pacs.dimse import open_lane
 from zip2pacs.probe import PROBE_CATALOGUE, echo, probe
 from zip2pacs.sender import Outcome, store
 from zip2pacs.sniff import Instance, detect
@@ -67,6 +68,7 @@ class Scp:
     comment: str = ""
     release: threading.Event | None = None
     reject_after: int | None = None
+    abort_at: int | None = None  # the SCP aborts the association on this C-STORE (1-based)
     received: list[Received] = field(default_factory=list)
     associations: int = 0
 
@@ -92,6 +94,10 @@ def scp_server() -> Iterator[tuple[AE, ThreadedAssociationServer, list[Scp]]]:
         scp = current[-1]
         if scp.release is not None:
             scp.release.wait(10)
+        if scp.abort_at is not None and len(scp.received) + 1 == scp.abort_at:
+            scp.abort_at = None
+            event.assoc.abort()
+            return Dataset()
         request = event.request
         scp.received.append(
             Received(
@@ -118,7 +124,8 @@ def start_scp(scp_server: tuple[AE, ThreadedAssociationServer, list[Scp]]) -> Ca
     """Configure the SCP: supported contexts (none: only with `unrestricted`), answer, behaviour."""
     ae, server, current = scp_server
 
-    def start(contexts: dict[str, list[str]] | None = None, **behaviour: Any) -> Scp:
+    def start(contexts: dict[str, list[str]] | None = None, max_pdu: int = 16382, **behaviour: Any) -> Scp:
+        ae.maximum_pdu_size = max_pdu
         ae.require_calling_aet = []
         ae.supported_contexts = []
         ae.add_supported_context(Verification)
@@ -149,6 +156,7 @@ def instance_of(path: Path, faithful: bool | None = None) -> Instance:
             and meta.get("MediaStorageSOPInstanceUID") == ds.SOPInstanceUID
         )
     data = path.read_bytes()
+    offset = split_dataset(path)[1] if faithful else 0
     return Instance(
         path=path,
         sop_class_uid=str(ds.SOPClassUID),
@@ -159,6 +167,7 @@ def instance_of(path: Path, faithful: bool | None = None) -> Instance:
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
         faithful=faithful,
+        data_offset=offset,
     )
 
 
@@ -225,8 +234,22 @@ def silent_peer() -> Iterator[int]:
     thread.join(5)
 
 
+@pytest.fixture(params=["lane", "pynetdicom"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[object]]:
+    """Send through dimse.Lane, or through pynetdicom's send_c_store() as when a lane cannot be had."""
+    lanes: list[object] = []
+
+    def counted_lane(assoc, timeout):  # type: ignore[no-untyped-def]
+        lane = open_lane(assoc, timeout) if request.param == "lane" else None
+        lanes.append(lane)
+        return lane
+
+    monkeypatch.setattr(sender, "open_lane", counted_lane)
+    return request.param, lanes
+
+
 def test_store_delivers_every_sop_class_and_syntax_and_streams_faithful_files_unchanged(
-    tmp_path: Path, start_scp, unrestricted: None
+    tmp_path: Path, start_scp, unrestricted: None, way: tuple[str, list[object]]
 ) -> None:
     instances = [
         sample(tmp_path, "CT_small.dcm"),
@@ -257,6 +280,36 @@ def test_store_delivers_every_sop_class_and_syntax_and_streams_faithful_files_un
     assert not plan.instance.faithful  # its file meta names another SOP Instance UID
     assert "re-encoded" in plan.detail
     assert all("streamed" in r.detail for r in results if r.instance.faithful)
+    name, lanes = way
+    assert lanes and all((lane is not None) == (name == "lane") for lane in lanes)
+
+
+def test_a_peer_with_a_small_maximum_pdu_gets_every_byte_in_fragments(tmp_path: Path, start_scp) -> None:
+    instances = [sample(tmp_path, "CT_small.dcm"), make_dicom(tmp_path, CTImageStorage, ImplicitVRLittleEndian)]
+    scp = start_scp({CTImageStorage: UNCOMPRESSED}, max_pdu=4096)
+
+    results = store(scp.peer(), instances)
+
+    assert [r.outcome for r in results] == [Outcome.STORED] * 2
+    by_uid = {r.sop_instance: r.data for r in scp.received}
+    assert by_uid[instances[0].sop_instance_uid] == dataset_bytes(instances[0].path)  # 39 KB in 4 KB PDUs
+    assert len(by_uid[instances[0].sop_instance_uid]) > 8 * 4096
+
+
+def test_a_peer_that_aborts_mid_batch_keeps_what_it_stored_and_the_rest_is_transient(
+    tmp_path: Path, start_scp
+) -> None:
+    instances = [make_dicom(tmp_path, CTImageStorage) for _ in range(4)]
+    scp = start_scp({CTImageStorage: UNCOMPRESSED}, abort_at=2)
+
+    results = store(scp.peer(), instances)
+
+    assert [r.outcome for r in results] == [Outcome.STORED] + [Outcome.TRANSIENT] * 3
+    assert "the peer aborted the association" in results[1].detail
+    assert results[2].detail == results[3].detail == "association aborted"
+    assert [r.sop_instance for r in scp.received] == [instances[0].sop_instance_uid]
+    again = store(scp.peer(), instances[1:])  # the next attempt sends the rest
+    assert [r.outcome for r in again] == [Outcome.STORED] * 3
 
 
 def test_store_sends_the_data_set_uid_of_a_detected_file_whose_meta_disagrees(
