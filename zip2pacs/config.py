@@ -95,7 +95,7 @@ KEYS: tuple[Key, ...] = (
         "A ZIP is taken once its size and mtime are unchanged this long.",
         lambda v: None if v >= 0 else "a number of seconds >= 0",
     ),
-    Key("behavior", "send_batch_size", "int", 200, "Instances sent per association.", _int_range(1, 100_000)),
+    Key("behavior", "send_batch_size", "int", 25, "Instances handed to a sender at a time.", _int_range(1, 100_000)),
     Key("behavior", "dedup_policy", "choice", "uid_then_sha256", "How delivered instances are recognised.", choices=DEDUP_POLICIES),
     Key("behavior", "delete_extracted_after_upload", "bool", True, "Remove the extraction folder after a ZIP is done."),
     Key("behavior", "retry_base_seconds", "float", 30.0, "First retry delay after a transient failure; doubles each time.", _positive),

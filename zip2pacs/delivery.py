@@ -1,12 +1,13 @@
 """One attempt at a ZIP, overlapped: an extractor thread detects and dedups while sender threads send batches.
 
-The network stays busy while the next files come out of the ZIP. A batch is sent over its own association
-(presentation contexts are negotiated from the batch), so an association is never held open waiting for
-extraction. Every stored instance is recorded in the ledger the moment its C-STORE response arrives.
+The network stays busy while the next files come out of the ZIP. Each sender keeps its association for the
+next batch while it has the presentation contexts that batch needs (see sender.Connection). Every stored
+instance is recorded in the ledger the moment its C-STORE response arrives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 from . import sender
 from .config import Config
 from .dedup import Seen, decide
-from .ledger import Ledger, ZipRecord
+from .ledger import Ledger, ZipRecord, ZipState
 from .progress import Progress
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
@@ -53,6 +54,79 @@ class _Interrupted(Exception):
     """Raised from the extraction callback when a shutdown was asked for."""
 
 
+class _Duplicate(Exception):
+    """Raised from the extraction callback once the ZIP's hash shows its bytes were delivered before."""
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ZipStart:
+    """The ZIP's SHA256, computed in a thread while extraction and sending begin, and its ledger record.
+
+    Deliveries made before the hash is known are recorded without the ZIP's record and adopted by it at
+    the end. A ZIP whose bytes were delivered before gets no record (``duplicate_of`` names the earlier
+    one) and its attempt stops as soon as the hash says so; until then instance dedup holds back every
+    one of its instances, as all of them were delivered.
+    """
+
+    def __init__(self, ledger: Ledger, peer_key: str, path: Path, size: int, mtime: float):
+        self.ledger, self.peer_key, self.path, self.size, self.mtime = ledger, peer_key, path, size, mtime
+        self.record: ZipRecord | None = None
+        self.duplicate_of: ZipRecord | None = None
+        self._sha = ""
+        self._error: OSError | None = None
+        self._lock = threading.Lock()
+        self._done = False
+        self._thread = threading.Thread(target=self._hash, name="zip-sha256", daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        try:
+            self._sha = sha256_file(self.path)  # hashlib releases the GIL: this runs beside the extraction
+        except OSError as exc:
+            self._error = exc
+
+    def known_duplicate(self) -> bool:
+        """Return True once the hash is known and shows a delivered ZIP; never waits, never raises."""
+        if self._thread.is_alive():
+            return False
+        try:
+            return self.begin() is None
+        except OSError:
+            return False  # process_zip() meets the error when it asks for the record
+
+    def begin(self) -> ZipRecord | None:
+        """Wait for the hash; return the ZIP's record (created, one more attempt counted), None for a duplicate.
+
+        Raise OSError when the ZIP could not be read.
+        """
+        with self._lock:
+            if not self._done:
+                self._thread.join()
+                self._done = True
+                if self._error is None:
+                    self._open_record()
+            if self._error is not None:
+                raise self._error
+            return self.record
+
+    def _open_record(self) -> None:
+        known = self.ledger.zip_by_sha(self._sha, self.peer_key)
+        if known is not None and known.state in (ZipState.DELIVERED, ZipState.DUPLICATE):
+            self.duplicate_of = known
+            return
+        if known is not None and known.state is ZipState.FAILED:
+            self.ledger.reset_failed(self._sha, self.peer_key)  # it came back: the operator wants another try
+        self.record = self.ledger.zip_begin(self._sha, self.peer_key, self.path.name, self.size, self.mtime)
+
+
 class Delivery:
     """Extract, detect, dedup and send one ZIP, with ``config.peer`` and the ledger."""
 
@@ -60,12 +134,12 @@ class Delivery:
         self,
         config: Config,
         ledger: Ledger,
-        record: ZipRecord,
+        start: ZipStart,
         zip_name: str,
         stop: threading.Event,
         progress: Progress,
     ):
-        self.config, self.ledger, self.record, self.zip_name = config, ledger, record, zip_name
+        self.config, self.ledger, self.start, self.zip_name = config, ledger, start, zip_name
         self.stop, self.progress = stop, progress
         self.peer = config.peer
         self.attempt = Attempt()
@@ -94,6 +168,8 @@ class Delivery:
         except _Interrupted:
             self.attempt.interrupted = True
             self._halt("stopped before the whole ZIP was read")
+        except _Duplicate:
+            self._halt("the ZIP was delivered before")
         finally:
             if self.batch:
                 self.batches.put(self.batch)
@@ -144,6 +220,8 @@ class Delivery:
         """Detect one extracted file and queue it when the dedup policy says it must be sent."""
         if self.stop.is_set():
             raise _Interrupted  # a large ZIP must not hold up a shutdown
+        if self.start.known_duplicate():
+            raise _Duplicate
         detection = detect(f.path, f.sha256, f.size)
         self.attempt.names[f.path] = f.arcname
         inst = detection.instance
@@ -182,25 +260,26 @@ class Delivery:
     # --- the senders' side -------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        while (batch := self.batches.get()) is not None:
-            if self.stop.is_set():
-                self._halt("stopped before sending everything")
-            if self.halt.is_set():
-                continue  # drain, so the extractor never blocks; these stay unsent
-            try:
-                results = sender.store(self.peer, batch, on_result=self._record)
-            except PeerUnavailable as exc:
-                LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
-                self._halt(f"peer unavailable: {exc}")
-                continue
-            except Exception:
-                LOGGER.exception("%s: unexpected error while sending a batch", self.zip_name)
-                self._halt("unexpected error while sending (see the log)")
-                continue
-            with self.lock:
-                self.attempt.results.extend(results)
-            if any(r.outcome is Outcome.TRANSIENT for r in results):
-                self._halt("the peer could not store everything")  # keep the rest for the retry
+        with sender.Connection(self.peer) as connection:  # one association for the ZIP's batches, mostly
+            while (batch := self.batches.get()) is not None:
+                if self.stop.is_set():
+                    self._halt("stopped before sending everything")
+                if self.halt.is_set():
+                    continue  # drain, so the extractor never blocks; these stay unsent
+                try:
+                    results = connection.store(batch, on_result=self._record)
+                except PeerUnavailable as exc:
+                    LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
+                    self._halt(f"peer unavailable: {exc}")
+                    continue
+                except Exception:
+                    LOGGER.exception("%s: unexpected error while sending a batch", self.zip_name)
+                    self._halt("unexpected error while sending (see the log)")
+                    continue
+                with self.lock:
+                    self.attempt.results.extend(results)
+                if any(r.outcome is Outcome.TRANSIENT for r in results):
+                    self._halt("the peer could not store everything")  # keep the rest for the retry
 
     def _halt(self, reason: str) -> None:
         with self.lock:
@@ -211,9 +290,10 @@ class Delivery:
     def _record(self, r: StoreResult) -> None:
         i = r.instance
         if r.outcome in (Outcome.STORED, Outcome.WARNING):
+            record = self.start.record  # None until the hash is known: adopted at the end
             self.ledger.record_delivery(
                 self.peer.key,
-                self.record.id,
+                record.id if record is not None else None,
                 self.zip_name,
                 sop_instance_uid=i.sop_instance_uid,
                 sha256=i.sha256,

@@ -37,6 +37,7 @@ _COMMAND, _LAST = 0x01, 0x02  # message control header bits
 _NO_DATA_SET = 0x0101  # (0000,0800) CommandDataSetType when no data set follows
 _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _UNLIMITED_PDV = 1 << 20  # fragment size when the peer sets no maximum PDU length
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _IDLE_DUL_DELAY = 0.05  # the DUL thread's nap while it has nothing to do but wait for the lane
 
 
@@ -240,6 +241,11 @@ class Lane:
                 if n == 0:
                     raise LaneClosed("the peer closed the connection")
                 got += n
+                if _QUICKACK is not None:
+                    # Peers that keep Nagle on (Debian's dcmtk and Orthanc) hold their second small write
+                    # until we ACK the first; Linux drops TCP_QUICKACK after a while, so it is re-armed.
+                    with contextlib.suppress(OSError):
+                        self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         except TimeoutError as exc:
             raise LaneClosed(f"no response within {self.dimse_timeout:g} s (dimse_timeout)") from exc
         except OSError as exc:

@@ -247,7 +247,7 @@ class Ledger:
     def record_delivery(
         self,
         peer: str,
-        zip_id: int,
+        zip_id: int | None,
         zip_name: str,
         *,
         sop_instance_uid: str,
@@ -259,7 +259,10 @@ class Ledger:
         status: int | None,
         outcome: str,
     ) -> None:
-        """Record one instance stored on ``peer`` (committed at once: it must never be sent twice)."""
+        """Record one instance stored on ``peer`` (committed at once: it must never be sent twice).
+
+        ``zip_id`` is None while the ZIP's hash, hence its record, is not known yet; see adopt_deliveries().
+        """
         self._rows(
             "INSERT INTO instances (peer, sop_instance_uid, sha256, sop_class_uid, study_uid, series_uid, "
             "transfer_syntax, zip_id, zip_name, status, outcome, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -278,6 +281,14 @@ class Ledger:
                 time.time(),
             ),
         )
+
+    def adopt_deliveries(self, zip_id: int, peer: str, zip_name: str) -> int:
+        """Give the ZIP's record to its deliveries recorded before it existed; return how many."""
+        with self._lock:
+            cursor = self.db.execute(
+                "UPDATE instances SET zip_id=? WHERE zip_id IS NULL AND peer=? AND zip_name=?", (zip_id, peer, zip_name)
+            )
+            return cursor.rowcount
 
     # --- reports --------------------------------------------------------------------------------
 

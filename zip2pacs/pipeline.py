@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Config
-from .delivery import Delivery
+from .delivery import Delivery, ZipStart
 from .intake import ReadyZip
 from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_unique, write_reason
@@ -32,15 +32,6 @@ class ZipOutcome:
     seconds: float
     error: str = ""
     final_path: Path | None = None
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 WORK_FOLDER = re.compile(r".+-[0-9a-f]{12}")
@@ -93,25 +84,26 @@ class Pipeline:
         started = time.monotonic()
         name = z.path.name
         LOGGER.info("%s: start (%.1f MB)", name, z.size / 1e6)
-        zip_sha = sha256_file(z.path)
-        known = self.ledger.zip_by_sha(zip_sha, self.peer.key)
-        if known is not None and known.state in (ZipState.DELIVERED, ZipState.DUPLICATE):
-            target = move_unique(z.path, self.config.archive_dir)
-            LOGGER.info("%s: duplicate of %s, already delivered to %s; archived as %s", name, known.name, self.peer.key, target.name)
-            return ZipOutcome(name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
-        if known is not None and known.state is ZipState.FAILED:
-            self.ledger.reset_failed(zip_sha, self.peer.key)  # it came back: the operator wants another try
-        record = self.ledger.zip_begin(zip_sha, self.peer.key, name, z.size, z.mtime)
-        work = self.config.work_dir / f"{Path(name).stem[:60]}-{zip_sha[:12]}"
+        start = ZipStart(self.ledger, self.peer.key, z.path, z.size, z.mtime)  # hashing starts
+        token = hashlib.sha256(f"{name}|{z.size}|{z.mtime}".encode()).hexdigest()[:12]
+        work = self.config.work_dir / f"{Path(name).stem[:60]}-{token}"
         shutil.rmtree(work, ignore_errors=True)  # a crashed attempt's leftovers
         try:
-            return self._attempt(z, record, work, started)
+            return self._attempt(z, start, work, started)
         finally:
             if self.config.delete_extracted_after_upload:
                 shutil.rmtree(work, ignore_errors=True)
 
-    def _attempt(self, z: ReadyZip, record: ZipRecord, work: Path, started: float) -> ZipOutcome:
-        a = Delivery(self.config, self.ledger, record, z.path.name, self.stop, self.progress).run(z.path, work)
+    def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
+        a = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress).run(z.path, work)
+        record = start.begin()
+        if record is None:
+            known = start.duplicate_of
+            assert known is not None
+            target = move_unique(z.path, self.config.archive_dir)
+            LOGGER.info("%s: duplicate of %s, already delivered to %s; archived as %s", z.path.name, known.name, self.peer.key, target.name)
+            return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
+        self.ledger.adopt_deliveries(record.id, self.peer.key, z.path.name)
         sent = a.count(Outcome.STORED) + a.count(Outcome.WARNING)
         permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
         failed = len(permanent) + a.count(Outcome.TRANSIENT) + a.unsent

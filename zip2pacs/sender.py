@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from .association import NothingAccepted, Peer, PeerUnavailable, associate
 from .contexts import (
     LITTLE_ENDIAN,
     UNCOMPRESSED,
+    Context,
     Decompress,
     Group,
     Mode,
@@ -37,6 +39,8 @@ from .sniff import Instance
 __all__ = ["NothingAccepted", "Outcome", "Peer", "PeerUnavailable", "StoreResult", "store"]
 
 LOGGER = logging.getLogger(__name__)
+
+REUSE_IDLE_SECONDS = 10.0  # an association idle longer than this is released rather than reused
 
 
 class Outcome(enum.Enum):
@@ -59,48 +63,103 @@ def store(
     instances: Sequence[Instance],
     on_result: Callable[[StoreResult], None] | None = None,
 ) -> list[StoreResult]:
-    """C-STORE the instances, one association per group of at most 128 contexts; return results in input order.
+    """C-STORE the instances over associations of their own, released at the end; see Connection.store()."""
+    with Connection(peer) as connection:
+        return connection.store(instances, on_result)
 
-    Raise PeerUnavailable when the first association cannot be made; when a later one cannot,
-    or the peer aborts, the instances not yet answered are returned as TRANSIENT.
+
+class Connection:
+    """Associations with one peer, each kept for the next batch while it has the contexts that batch needs.
+
+    A ZIP's batches usually need the same few contexts, so a sender makes one association for the ZIP,
+    not one per batch. An association left idle longer than REUSE_IDLE_SECONDS is released, not reused:
+    peers close idle associations (Orthanc after 30 s), and a request must not meet a closing one.
     """
-    results: dict[int, StoreResult] = {}
 
-    def record(index: int, result: StoreResult) -> None:
-        results[index] = result
-        LOGGER.debug(
-            "%s %s: %s",
-            result.instance.sop_instance_uid,
-            result.outcome.value,
-            result.detail,
-        )
-        if on_result is not None:
-            on_result(result)
+    def __init__(self, peer: Peer):
+        self.peer = peer
+        self.assoc: Association | None = None
+        self.proposed: frozenset[Context] = frozenset()
+        self.accepted: dict[str, list[str]] = {}
+        self.last_used = 0.0
+        self.message_id = 0
 
-    for group in plan_groups(instances, policy=peer.decompress):
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the association, if one is open."""
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+        self.assoc = None
+
+    def store(
+        self, instances: Sequence[Instance], on_result: Callable[[StoreResult], None] | None = None
+    ) -> list[StoreResult]:
+        """C-STORE the instances, at most 128 contexts per association; return results in input order.
+
+        Raise PeerUnavailable when the first association cannot be made; when a later one cannot,
+        or the peer aborts, the instances not yet answered are returned as TRANSIENT.
+        """
+        results: dict[int, StoreResult] = {}
+
+        def record(index: int, result: StoreResult) -> None:
+            results[index] = result
+            LOGGER.debug("%s %s: %s", result.instance.sop_instance_uid, result.outcome.value, result.detail)
+            if on_result is not None:
+                on_result(result)
+
+        for group in plan_groups(instances, policy=self.peer.decompress):
+            try:
+                assoc = self._association_for(group)
+            except NothingAccepted:
+                for index in group.indices:
+                    instance = instances[index]
+                    detail = _no_context(instance, group, [], self.peer.decompress)
+                    record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+                continue
+            except PeerUnavailable as exc:
+                if not results:
+                    raise
+                _give_up(instances, results, record, str(exc))
+                break
+            _store_group(assoc, instances, group, record, self)
+            self.last_used = time.monotonic()
+            if any(i not in results for i in group.indices):
+                self.close()
+                _give_up(instances, results, record, "association aborted")
+                break
+        return [results[i] for i in range(len(instances))]
+
+    def next_message_id(self) -> int:
+        self.message_id = self.message_id % 65535 + 1
+        return self.message_id
+
+    def _association_for(self, group: Group) -> Association:
+        idle = time.monotonic() - self.last_used
+        fresh = idle < min(REUSE_IDLE_SECONDS, self.peer.network_timeout / 2)
+        assoc = self.assoc
+        if assoc is not None and assoc.is_established and fresh and set(group.contexts) <= self.proposed:
+            return assoc
+        self.close()
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
-        try:
-            assoc = associate(peer, contexts)
-        except NothingAccepted:
-            for index in group.indices:
-                instance = instances[index]
-                detail = _no_context(instance, group, [], peer.decompress)
-                record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
-            continue
-        except PeerUnavailable as exc:
-            if not results:
-                raise
-            _give_up(instances, results, record, str(exc))
-            break
-        try:
-            _store_group(assoc, instances, group, record, peer.decompress)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-        if any(i not in results for i in group.indices):
-            _give_up(instances, results, record, "association aborted")
-            break
-    return [results[i] for i in range(len(instances))]
+        assoc = associate(self.peer, contexts)
+        self.assoc, self.proposed, self.message_id = assoc, frozenset(group.contexts), 0
+        self.accepted = {}
+        for cx in assoc.accepted_contexts:
+            self.accepted.setdefault(str(cx.abstract_syntax), []).append(cx.transfer_syntax[0])
+        refused = sorted({syntax_name(str(cx.abstract_syntax)) for cx in assoc.rejected_contexts})
+        LOGGER.debug(
+            "association with %s: %d contexts accepted, %d refused%s",
+            assoc.acceptor.ae_title,
+            len(assoc.accepted_contexts),
+            len(assoc.rejected_contexts),
+            f" ({', '.join(refused)})" if refused else "",
+        )
+        return assoc
 
 
 def _give_up(
@@ -119,27 +178,17 @@ def _store_group(
     instances: Sequence[Instance],
     group: Group,
     record: Callable[[int, StoreResult], None],
-    policy: Decompress,
+    connection: Connection,
 ) -> None:
     """Send the group's instances over `assoc`, stopping when the association ends."""
-    accepted: dict[str, list[str]] = {}
-    for cx in assoc.accepted_contexts:
-        accepted.setdefault(str(cx.abstract_syntax), []).append(cx.transfer_syntax[0])
-    refused = sorted({syntax_name(str(cx.abstract_syntax)) for cx in assoc.rejected_contexts})
-    LOGGER.debug(
-        "association with %s: %d contexts accepted, %d refused%s",
-        assoc.acceptor.ae_title,
-        len(assoc.accepted_contexts),
-        len(assoc.rejected_contexts),
-        f" ({', '.join(refused)})" if refused else "",
-    )
+    accepted, policy = connection.accepted, connection.peer.decompress
     lane = open_lane(assoc, assoc.dimse_timeout)
     if lane is None:
-        _store_with_pynetdicom(assoc, instances, group, record, policy, accepted)
+        _store_with_pynetdicom(assoc, instances, group, record, connection)
         return
     try:
         with lane:
-            for message_id, index in enumerate(group.indices, start=1):
+            for index in group.indices:
                 instance = instances[index]
                 mode = choose(instance, accepted, policy)
                 if mode is None:
@@ -147,7 +196,7 @@ def _store_group(
                     record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
                     continue
                 try:
-                    response = _send_on_lane(lane, instance, mode, (message_id - 1) % 65535 + 1)
+                    response = _send_on_lane(lane, instance, mode, connection.next_message_id())
                 except LaneClosed as exc:
                     # The rest of the group is given up by store(); this one may or may not have arrived.
                     record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
@@ -185,11 +234,11 @@ def _store_with_pynetdicom(
     instances: Sequence[Instance],
     group: Group,
     record: Callable[[int, StoreResult], None],
-    policy: Decompress,
-    accepted: dict[str, list[str]],
+    connection: Connection,
 ) -> None:
     """Send the group through pynetdicom's own send_c_store() (when a lane cannot hold the socket)."""
-    for message_id, index in enumerate(group.indices, start=1):
+    accepted, policy = connection.accepted, connection.peer.decompress
+    for index in group.indices:
         if not assoc.is_established:
             return
         instance = instances[index]
@@ -200,7 +249,7 @@ def _store_with_pynetdicom(
             continue
         try:
             data = payload(instance, mode)
-            status = assoc.send_c_store(data, msg_id=(message_id - 1) % 65535 + 1)
+            status = assoc.send_c_store(data, msg_id=connection.next_message_id())
         except Exception as exc:  # one unreadable or unencodable file must not stop the batch
             if not assoc.is_established:
                 return

@@ -33,7 +33,7 @@ def test_empty_file_gives_every_default(tmp_path):
     config = load_config(write(tmp_path, ""))
     assert config.watch_dir == tmp_path / "incoming"
     assert config.dedup_policy == "uid_then_sha256"
-    assert config.send_batch_size == 200
+    assert config.send_batch_size == 25
     assert config.limits.nested_zip_depth == 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from zip2pacs import delivery
 from zip2pacs.config import parse_config
 from zip2pacs.daemon import run_once
 from zip2pacs.intake import list_zips
@@ -28,12 +30,13 @@ class RecordingSCP:
     def __init__(self):
         self.stored: list[str] = []
         self.requests = 0
+        self.associations = 0
         self.status_for = lambda ds: 0x0000
         self.lock = threading.Lock()
         ae = AE(ae_title="TESTPACS")
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self.handle)])
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self.handle), (evt.EVT_ESTABLISHED, self.count)])
         self.port = self.server.server_address[1]
 
     def handle(self, event):
@@ -44,6 +47,10 @@ class RecordingSCP:
             if status in (0x0000, 0xB000):
                 self.stored.append(str(ds.SOPInstanceUID))
         return status
+
+    def count(self, event):
+        with self.lock:
+            self.associations += 1
 
     def stop(self):
         self.server.shutdown()
@@ -242,6 +249,39 @@ def test_parallel_associations_deliver_every_instance_exactly_once(tmp_path, scp
     assert sorted(scp.stored) == sorted(uids) and scp.requests == 15
     with Ledger(config.state_db) as ledger:
         assert ledger.instance_count() == 15
+
+
+def test_one_association_carries_every_batch_of_a_zip(tmp_path, scp):
+    config = make_config(tmp_path, scp.port, send_batch_size=2)
+    _, uids = study_zip(tmp_path, "study.zip", seed=10, n_series=2, per_series=4)
+
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.DELIVERED
+    assert sorted(scp.stored) == sorted(uids)
+    assert scp.associations == 1  # four batches, one association
+
+
+def test_instances_sent_before_the_zip_hash_is_known_are_recorded_under_the_zip(tmp_path, scp, monkeypatch):
+    config = make_config(tmp_path, scp.port, send_batch_size=1)
+    _, uids = study_zip(tmp_path, "study.zip", seed=11)
+    hashing = delivery.sha256_file
+    sent_some = threading.Event()
+    scp.status_for = lambda ds: (sent_some.set(), 0x0000)[1]
+
+    def slow_hash(path):
+        sent_some.wait(10)  # the hash is known only after the first instance was stored
+        return hashing(path)
+
+    monkeypatch.setattr(delivery, "sha256_file", slow_hash)
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
+    with sqlite3.connect(config.state_db) as db:
+        [(zip_id, sha)] = db.execute("SELECT id, sha256 FROM zips").fetchall()
+        owners = db.execute("SELECT zip_id, COUNT(*) FROM instances GROUP BY zip_id").fetchall()
+    assert owners == [(zip_id, len(uids))]
+    assert sha == hashing(config.archive_dir / "study.zip")
 
 
 def test_second_watcher_on_the_same_ledger_is_refused(tmp_path, scp):

@@ -550,6 +550,26 @@ def test_store_marks_the_batch_transient_when_a_response_never_comes(tmp_path: P
     assert results[1].detail == results[2].detail == "association aborted"
 
 
+def test_a_connection_reuses_its_association_while_the_contexts_fit_and_it_is_not_idle_long(
+    tmp_path: Path, start_scp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scp = start_scp({CTImageStorage: UNCOMPRESSED, MRImageStorage: UNCOMPRESSED})
+    ct = [make_dicom(tmp_path, CTImageStorage) for _ in range(4)]
+    mr = make_dicom(tmp_path, MRImageStorage)
+
+    with sender.Connection(scp.peer()) as connection:
+        connection.store(ct[:2])
+        connection.store(ct[2:])
+        assert scp.associations == 1
+        connection.store([mr])  # another SOP class: contexts the association was not made with
+        assert scp.associations == 2
+        monkeypatch.setattr(sender, "REUSE_IDLE_SECONDS", 0.0)
+        connection.store([make_dicom(tmp_path, MRImageStorage)])  # idle too long: not reused
+        assert scp.associations == 3
+
+    assert len(scp.received) == 6
+
+
 def test_store_of_nothing_opens_no_association(start_scp) -> None:
     scp = start_scp({CTImageStorage: UNCOMPRESSED})
 
