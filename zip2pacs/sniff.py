@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -73,10 +74,15 @@ def _may_start_dataset(head: bytes) -> bool:
 
 
 def _text(dataset: Dataset, keyword: str) -> str:
-    value = dataset.get(keyword)
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if not isinstance(value, str):  # missing, multi-valued or mis-typed: not a usable UID
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in dataset:
+        return ""
+    # The raw bytes, when pydicom has not converted the element yet: converting and validating
+    # each value would cost more than the rest of detection.
+    value = dataset.get_item(tag).value
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("ascii", "replace")
+    if not isinstance(value, str) or "\\" in value:  # missing, multi-valued or mis-typed: not a usable UID
         return ""
     return value.strip().rstrip("\x00").strip()
 
@@ -111,12 +117,14 @@ def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: boo
     """
     order = "little" if little else "big"
     previous = -1
+    position = file.tell()  # kept by hand: tell() on every element costs as much as the rest of the walk
     while True:
-        if not nested and size - file.tell() < 8:
+        if not nested and size - position < 8:
             return True  # the end, or a few padding bytes: no element can start there
         head = file.read(8)
         if len(head) < 8:
             return False
+        position += 8
         group, element = int.from_bytes(head[0:2], order), int.from_bytes(head[2:4], order)
         if not nested:
             if group << 16 | element <= previous:
@@ -129,6 +137,7 @@ def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: boo
             if length == _UNDEFINED:
                 if not _elements_end_in_file(file, size, implicit, little, nested=True):
                     return False
+                position = file.tell()
                 continue
         elif implicit:
             length = int.from_bytes(head[4:8], order)
@@ -136,16 +145,19 @@ def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: boo
             more = file.read(4)
             if len(more) < 4:
                 return False
+            position += 4
             length = int.from_bytes(more, order)
         else:
             length = int.from_bytes(head[6:8], order)
         if length == _UNDEFINED:  # a sequence or encapsulated pixel data: items until its delimiter
             if not _elements_end_in_file(file, size, implicit or head[4:6] == b"UN", little, nested=True):
                 return False
-        elif file.tell() + length > size:
+            position = file.tell()
+        elif position + length > size:
             return False
         else:
             file.seek(length, 1)
+            position += length
 
 
 def _meta_end(file: BinaryIO) -> int:
