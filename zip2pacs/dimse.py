@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -85,7 +86,7 @@ def _uid(value: str) -> bytes:
 
 
 class Lane:
-    """Synchronous C-STORE exchanges over an association whose socket this thread holds while inside ``with``."""
+    """Synchronous C-STORE exchanges over an association whose socket this thread holds between hold() and let_go()."""
 
     def __init__(self, assoc: Association, guard: threading.Lock, dimse_timeout: float | None):
         self.assoc = assoc
@@ -99,7 +100,8 @@ class Lane:
             self.contexts.setdefault((str(cx.abstract_syntax), str(cx.transfer_syntax[0])), cx.context_id)
         self._saved: tuple[float | None, float] = (None, 0.0)
 
-    def __enter__(self) -> Lane:
+    def hold(self) -> None:
+        """Take the socket: pause pynetdicom's reactor and keep its DUL thread from reading."""
         assoc = self.assoc
         assoc._reactor_checkpoint.clear()  # the reactor must not take our responses (as send_c_store does)
         while not assoc._is_paused:
@@ -108,9 +110,9 @@ class Lane:
         self._saved = (self.sock.gettimeout(), assoc.dul._run_loop_delay)
         assoc.dul._run_loop_delay = _IDLE_DUL_DELAY
         self.sock.settimeout(self.dimse_timeout)
-        return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def let_go(self, abort: bool = False) -> None:
+        """Give the socket back to pynetdicom; abort the association through it when `abort`."""
         timeout, delay = self._saved
         with contextlib.suppress(OSError):  # closed already
             self.sock.settimeout(timeout)
@@ -118,8 +120,24 @@ class Lane:
         self.assoc.dul._idle_timer.restart()  # the DUL saw no traffic while we held the socket
         self.guard.release()
         self.assoc._reactor_checkpoint.set()
-        if isinstance(exc, LaneClosed) and self.assoc.is_established:
+        if abort and self.assoc.is_established:
             self.assoc.abort()
+
+    def __enter__(self) -> Lane:
+        self.hold()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.let_go(abort=isinstance(exc, LaneClosed))
+
+    def peer_spoke(self) -> bool:
+        """Return True when the peer sent something unasked (an A-ABORT, a release request, or it hung up)."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes select() cannot see
+        return bool(readable) or bool(pending and pending())
 
     def context_id(self, sop_class: str, transfer_syntax: str) -> int | None:
         """Return the accepted presentation context for this SOP class and syntax, or None."""

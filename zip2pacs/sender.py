@@ -79,6 +79,7 @@ class Connection:
     def __init__(self, peer: Peer):
         self.peer = peer
         self.assoc: Association | None = None
+        self.lane: Lane | None = None  # held for the association's life: pynetdicom's threads stay quiet
         self.proposed: frozenset[Context] = frozenset()
         self.accepted: dict[str, list[str]] = {}
         self.last_used = 0.0
@@ -90,8 +91,11 @@ class Connection:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Release the association, if one is open."""
+    def close(self, abort: bool = False) -> None:
+        """Release the association, if one is open (abort it when `abort`)."""
+        if self.lane is not None:
+            self.lane.let_go(abort=abort)
+            self.lane = None
         if self.assoc is not None and self.assoc.is_established:
             self.assoc.release()
         self.assoc = None
@@ -126,7 +130,11 @@ class Connection:
                     raise
                 _give_up(instances, results, record, str(exc))
                 break
-            _store_group(assoc, instances, group, record, self)
+            try:
+                _store_group(assoc, self.lane, instances, group, record, self)
+            except LaneClosed as exc:
+                LOGGER.warning("association with %s ended: %s", assoc.acceptor.ae_title, exc)
+                self.close(abort=True)
             self.last_used = time.monotonic()
             if any(i not in results for i in group.indices):
                 self.close()
@@ -142,12 +150,16 @@ class Connection:
         idle = time.monotonic() - self.last_used
         fresh = idle < min(REUSE_IDLE_SECONDS, self.peer.network_timeout / 2)
         assoc = self.assoc
-        if assoc is not None and assoc.is_established and fresh and set(group.contexts) <= self.proposed:
+        quiet = self.lane is None or not self.lane.peer_spoke()
+        if assoc is not None and assoc.is_established and fresh and quiet and set(group.contexts) <= self.proposed:
             return assoc
         self.close()
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
         assoc = associate(self.peer, contexts)
         self.assoc, self.proposed, self.message_id = assoc, frozenset(group.contexts), 0
+        self.lane = open_lane(assoc, assoc.dimse_timeout)
+        if self.lane is not None:
+            self.lane.hold()
         self.accepted = {}
         for cx in assoc.accepted_contexts:
             self.accepted.setdefault(str(cx.abstract_syntax), []).append(cx.transfer_syntax[0])
@@ -175,39 +187,35 @@ def _give_up(
 
 def _store_group(
     assoc: Association,
+    lane: Lane | None,
     instances: Sequence[Instance],
     group: Group,
     record: Callable[[int, StoreResult], None],
     connection: Connection,
 ) -> None:
-    """Send the group's instances over `assoc`, stopping when the association ends."""
+    """Send the group's instances over `assoc`; raise LaneClosed when the association cannot go on."""
     accepted, policy = connection.accepted, connection.peer.decompress
-    lane = open_lane(assoc, assoc.dimse_timeout)
     if lane is None:
         _store_with_pynetdicom(assoc, instances, group, record, connection)
         return
-    try:
-        with lane:
-            for index in group.indices:
-                instance = instances[index]
-                mode = choose(instance, accepted, policy)
-                if mode is None:
-                    detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
-                    record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
-                    continue
-                try:
-                    response = _send_on_lane(lane, instance, mode, connection.next_message_id())
-                except LaneClosed as exc:
-                    # The rest of the group is given up by store(); this one may or may not have arrived.
-                    record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
-                    raise
-                except Exception as exc:  # one unreadable or unencodable file must not stop the batch
-                    detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
-                    record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
-                    continue
-                record(index, _result(instance, response.status, response.error_comment, mode))
-    except LaneClosed as exc:
-        LOGGER.warning("association with %s ended: %s", assoc.acceptor.ae_title, exc)
+    for index in group.indices:
+        instance = instances[index]
+        mode = choose(instance, accepted, policy)
+        if mode is None:
+            detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
+            record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+            continue
+        try:
+            response = _send_on_lane(lane, instance, mode, connection.next_message_id())
+        except LaneClosed as exc:
+            # The rest of the group is given up by store(); this one may or may not have arrived.
+            record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
+            raise
+        except Exception as exc:  # one unreadable or unencodable file must not stop the batch
+            detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
+            record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
+            continue
+        record(index, _result(instance, response.status, response.error_comment, mode))
 
 
 def _send_on_lane(lane: Lane, instance: Instance, mode: Mode, message_id: int) -> Response:

@@ -69,6 +69,7 @@ class Scp:
     release: threading.Event | None = None
     reject_after: int | None = None
     abort_at: int | None = None  # the SCP aborts the association on this C-STORE (1-based)
+    abort_idle: bool = False  # the SCP aborts the association just after answering the first C-STORE
     received: list[Received] = field(default_factory=list)
     associations: int = 0
 
@@ -99,6 +100,8 @@ def scp_server() -> Iterator[tuple[AE, ThreadedAssociationServer, list[Scp]]]:
             event.assoc.abort()
             return Dataset()
         request = event.request
+        if scp.abort_idle and not scp.received:
+            threading.Timer(0.1, event.assoc.abort).start()
         scp.received.append(
             Received(
                 str(request.AffectedSOPClassUID),
@@ -568,6 +571,25 @@ def test_a_connection_reuses_its_association_while_the_contexts_fit_and_it_is_no
         assert scp.associations == 3
 
     assert len(scp.received) == 6
+
+
+def test_an_association_the_peer_aborted_while_idle_is_not_reused(tmp_path: Path, start_scp) -> None:
+    scp = start_scp({CTImageStorage: UNCOMPRESSED}, abort_idle=True)
+    instances = [make_dicom(tmp_path, CTImageStorage) for _ in range(2)]
+
+    with sender.Connection(scp.peer()) as connection:
+        assert [r.outcome for r in connection.store(instances[:1])] == [Outcome.STORED]
+        lane = connection.lane
+        assert lane is not None
+        deadline = time.monotonic() + 5
+        while not lane.peer_spoke() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lane.peer_spoke()  # the A-ABORT waits unread on the socket
+
+        assert [r.outcome for r in connection.store(instances[1:])] == [Outcome.STORED]
+
+    assert scp.associations == 2
+    assert len(scp.received) == 2
 
 
 def test_store_of_nothing_opens_no_association(start_scp) -> None:
