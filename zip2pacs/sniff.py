@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -106,14 +107,30 @@ def _start_matches(start: bytes, syntax: str) -> bool:
 
 
 _UNDEFINED = 0xFFFFFFFF
+_WALK_TAGS = frozenset({0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00041220})  # _TAGS, by number
+_META_ELEMENTS = frozenset({0x0000, 0x0002, 0x0003, 0x0010})  # group length, SOP class, instance, syntax
+_MAX_UID_BYTES = 1024  # a longer "UID" is left to pydicom
+_DIRECTORY_RECORDS = 0x00041220
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 
-def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: bool, nested: bool = False) -> bool:
+@dataclass
+class _Found:
+    """Top-level values a walk read on its way (by tag), and whether it met something pydicom should judge."""
+
+    values: dict[int, bytes] = field(default_factory=dict)
+    unusual: bool = False  # tags out of order (junk after the data set), or an overlong value
+
+
+def _elements_end_in_file(
+    file: BinaryIO, size: int, implicit: bool, little: bool, nested: bool = False, found: _Found | None = None
+) -> bool:
     """Walk element headers from the current position, seeking over values; return False when the file ends early.
 
     pydicom reads a truncated file without a word, so this is what tells a damaged file from a whole one.
     At the top level the elements must end exactly at end of file; ``nested`` ends at a delimitation item.
+    The top-level values of ``_WALK_TAGS`` are kept in ``found``.
     """
     order = "little" if little else "big"
     previous = -1
@@ -128,6 +145,8 @@ def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: boo
         group, element = int.from_bytes(head[0:2], order), int.from_bytes(head[2:4], order)
         if not nested:
             if group << 16 | element <= previous:
+                if found is not None:
+                    found.unusual = True
                 return True  # tags must ascend: this is junk after a whole dataset, not a truncation
             previous = group << 16 | element
         if group == 0xFFFE:  # items and delimiters are always implicit: tag + 4-byte length
@@ -150,56 +169,136 @@ def _elements_end_in_file(file: BinaryIO, size: int, implicit: bool, little: boo
         else:
             length = int.from_bytes(head[6:8], order)
         if length == _UNDEFINED:  # a sequence or encapsulated pixel data: items until its delimiter
+            if found is not None and not nested and previous in _WALK_TAGS:
+                found.values[previous] = b""  # only its presence counts (a Directory Record Sequence)
             if not _elements_end_in_file(file, size, implicit or head[4:6] == b"UN", little, nested=True):
                 return False
             position = file.tell()
         elif position + length > size:
             return False
+        elif found is not None and not nested and previous in _WALK_TAGS:
+            found.values[previous] = file.read(length) if previous != _DIRECTORY_RECORDS else b""
+            found.unusual |= length > _MAX_UID_BYTES and previous != _DIRECTORY_RECORDS
+            position += length
+            file.seek(position)
         else:
             file.seek(length, 1)
             position += length
 
 
-def _meta_end(file: BinaryIO) -> int:
-    """Walk the file meta elements (explicit VR little endian) after the preamble; return where they end."""
+def _read_meta(file: BinaryIO) -> tuple[dict[int, bytes], int]:
+    """Walk the file meta elements (explicit VR little endian) after the preamble; return their values and end."""
     file.seek(132)
+    values: dict[int, bytes] = {}
     while True:
         head = file.read(8)
         if len(head) < 8 or int.from_bytes(head[0:2], "little") != 0x0002:
-            return file.tell() - len(head)
+            return values, file.tell() - len(head)
         if head[4:6] in _LONG_VRS:
             length = int.from_bytes(file.read(4), "little")
         else:
             length = int.from_bytes(head[6:8], "little")
-        file.seek(length, 1)
+        element = int.from_bytes(head[2:4], "little")
+        if element in _META_ELEMENTS and length <= _MAX_UID_BYTES:
+            values[element] = file.read(length)
+        else:
+            file.seek(length, 1)
 
 
-def _classify(
-    path: Path, sha256: str, size: int, part10: bool, dataset: Dataset, start: bytes, data_start: int
-) -> Detection:
+def _clean(raw: bytes | None) -> str:
+    """Return a UI value's text as _text() does: stripped, "" when absent or multi-valued."""
+    value = (raw or b"").decode("ascii", "replace")
+    return "" if "\\" in value else value.strip().rstrip("\x00").strip()
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """What classification needs from a file, read by pydicom or by the header walk."""
+
+    meta_class: str
+    meta_instance: str
+    meta_syntax: str
+    sop_class: str
+    sop_instance: str
+    study: str
+    series: str
+    directory: bool  # a Directory Record Sequence is present
+    inferred: str  # the transfer syntax the data set's encoding implies
+
+
+def _fields(dataset: Dataset) -> _Fields:
     meta = dataset.file_meta
-    meta_class = _text(meta, "MediaStorageSOPClassUID")
-    sop_class, sop_instance = _text(dataset, "SOPClassUID"), _text(dataset, "SOPInstanceUID")
-    if DICOMDIR_SOP_CLASS in (meta_class, sop_class) or "DirectoryRecordSequence" in dataset:
+    implicit, little = dataset.original_encoding
+    return _Fields(
+        meta_class=_text(meta, "MediaStorageSOPClassUID"),
+        meta_instance=_text(meta, "MediaStorageSOPInstanceUID"),
+        meta_syntax=_text(meta, "TransferSyntaxUID"),
+        sop_class=_text(dataset, "SOPClassUID"),
+        sop_instance=_text(dataset, "SOPInstanceUID"),
+        study=_text(dataset, "StudyInstanceUID"),
+        series=_text(dataset, "SeriesInstanceUID"),
+        directory="DirectoryRecordSequence" in dataset,
+        inferred=SYNTAX_BY_ENCODING.get((implicit, little), SYNTAX_BY_ENCODING[(True, True)]),
+    )
+
+
+def _walked(path: Path, sha256: str, size: int, file: BinaryIO) -> Detection | None:
+    """Classify a plain Part 10 file from one walk of its element headers, without pydicom.
+
+    Return None for anything less plain (meta group length missing or wrong, deflated, data set not
+    encoded as its meta says, tags out of order, truncated): pydicom then reads the file as before.
+    """
+    meta, meta_end = _read_meta(file)
+    length, syntax = meta.get(0x0000, b""), _clean(meta.get(0x0010))
+    if len(length) != 4 or meta_end != 132 + 12 + int.from_bytes(length, "little"):
+        return None
+    if not syntax or syntax == DEFLATED_EXPLICIT_LE:
+        return None
+    file.seek(meta_end)
+    start = file.read(6)
+    if not _start_matches(start, syntax):
+        return None
+    implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
+    found = _Found()
+    file.seek(meta_end)
+    on_disk = os.fstat(file.fileno()).st_size
+    if not _elements_end_in_file(file, on_disk, implicit, syntax != BIG_ENDIAN, found=found) or found.unusual:
+        return None
+    values = found.values
+    fields = _Fields(
+        meta_class=_clean(meta.get(0x0002)),
+        meta_instance=_clean(meta.get(0x0003)),
+        meta_syntax=syntax,
+        sop_class=_clean(values.get(0x00080016)),
+        sop_instance=_clean(values.get(0x00080018)),
+        study=_clean(values.get(0x0020000D)),
+        series=_clean(values.get(0x0020000E)),
+        directory=_DIRECTORY_RECORDS in values,
+        inferred=syntax,
+    )
+    return _classify(path, sha256, size, True, fields, start, meta_end)
+
+
+def _classify(path: Path, sha256: str, size: int, part10: bool, f: _Fields, start: bytes, data_start: int) -> Detection:
+    sop_class, sop_instance = f.sop_class, f.sop_instance
+    if DICOMDIR_SOP_CLASS in (f.meta_class, sop_class) or f.directory:
         return Detection(Kind.DICOMDIR, None, "DICOMDIR (media storage directory)")
     if not part10 and not (_is_uid(sop_class) and _is_uid(sop_instance)):
         # force=True turns almost any bytes into some dataset: only plausible UIDs prove DICOM.
         return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no parseable dataset)")
-    study, series = _text(dataset, "StudyInstanceUID"), _text(dataset, "SeriesInstanceUID")
+    study, series = f.study, f.series
     # Study and Series Instance UID are Type 1 in every composite IOD: a PACS cannot file an instance without them.
     uids = (("SOP Class UID", sop_class), ("SOP Instance UID", sop_instance), ("Study Instance UID", study))
     missing = [name for name, uid in (*uids, ("Series Instance UID", series)) if not uid]
     if missing:
         return Detection(Kind.NO_UID, None, f"DICOM without {', '.join(missing)}")
-    meta_syntax = _text(meta, "TransferSyntaxUID")
-    implicit, little = dataset.original_encoding
-    inferred = SYNTAX_BY_ENCODING.get((implicit, little), SYNTAX_BY_ENCODING[(True, True)])
+    meta_syntax = f.meta_syntax
     faithful = (
         part10
         and bool(meta_syntax)
         and meta_syntax != DEFLATED_EXPLICIT_LE
-        and meta_class == sop_class
-        and _text(meta, "MediaStorageSOPInstanceUID") == sop_instance
+        and f.meta_class == sop_class
+        and f.meta_instance == sop_instance
         and _start_matches(start, meta_syntax)
         and data_start > 0
     )
@@ -207,7 +306,7 @@ def _classify(
         path=path,
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
-        transfer_syntax=meta_syntax or inferred,
+        transfer_syntax=meta_syntax or f.inferred,
         study_uid=study,
         series_uid=series,
         sha256=sha256,
@@ -226,6 +325,8 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
             part10 = sniff_bytes_is_part10(head)
             if not part10 and not _may_start_dataset(head):
                 return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no dataset start)")
+            if part10 and (walked := _walked(path, sha256, size, file)) is not None:
+                return walked  # most files: a fifth of the time pydicom takes
             file.seek(0)
             with warnings.catch_warnings():
                 # pydicom warns about every oddity of real-world files; the outcome is what counts.
@@ -237,11 +338,11 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                 meta_end = 0
                 if part10 and isinstance(meta_length, int):
                     # Streaming starts where the elements end; a group length that disagrees is not trusted.
-                    meta_end = _meta_end(file)
+                    meta_end = _read_meta(file)[1]
                     meta_end = meta_end if meta_end == 132 + 12 + meta_length else 0
                     file.seek(132 + 12 + meta_length)
                     start = file.read(6)
-                detection = _classify(path, sha256, size, part10, dataset, start, meta_end)
+                detection = _classify(path, sha256, size, part10, _fields(dataset), start, meta_end)
                 data_start = None
                 if start:
                     data_start = 132 + 12 + meta_length
@@ -253,7 +354,7 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                     implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
                     little = dataset.original_encoding[1] is not False
                     file.seek(data_start)
-                    if not _elements_end_in_file(file, size, implicit, little):
+                    if not _elements_end_in_file(file, os.fstat(file.fileno()).st_size, implicit, little):
                         return Detection(Kind.DAMAGED, None, "damaged: the file ends inside a data element (truncated)")
                 return detection
     except OSError as exc:
