@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +15,8 @@ from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+
+from .elements import DIRECTORY_RECORDS, Found, elements_end_in_file, read_meta
 
 LOGGER = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ SYNTAX_BY_ENCODING: dict[tuple[bool | None, bool | None], str] = {
     (False, True): "1.2.840.10008.1.2.1",
     (False, False): "1.2.840.10008.1.2.2",
 }
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)+")
 # Only these values are read: everything else is skipped by seeking, so files stay cheap to classify.
 _TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "DirectoryRecordSequence"]
@@ -106,105 +109,6 @@ def _start_matches(start: bytes, syntax: str) -> bool:
     return group <= 8 and explicit != implicit
 
 
-_UNDEFINED = 0xFFFFFFFF
-_WALK_TAGS = frozenset({0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00041220})  # _TAGS, by number
-_META_ELEMENTS = frozenset({0x0000, 0x0002, 0x0003, 0x0010})  # group length, SOP class, instance, syntax
-_MAX_UID_BYTES = 1024  # a longer "UID" is left to pydicom
-_DIRECTORY_RECORDS = 0x00041220
-BIG_ENDIAN = "1.2.840.10008.1.2.2"
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-
-
-@dataclass
-class _Found:
-    """Top-level values a walk read on its way (by tag), and whether it met something pydicom should judge."""
-
-    values: dict[int, bytes] = field(default_factory=dict)
-    unusual: bool = False  # tags out of order (junk after the data set), or an overlong value
-
-
-def _elements_end_in_file(
-    file: BinaryIO, size: int, implicit: bool, little: bool, nested: bool = False, found: _Found | None = None
-) -> bool:
-    """Walk element headers from the current position, seeking over values; return False when the file ends early.
-
-    pydicom reads a truncated file without a word, so this is what tells a damaged file from a whole one.
-    At the top level the elements must end exactly at end of file; ``nested`` ends at a delimitation item.
-    The top-level values of ``_WALK_TAGS`` are kept in ``found``.
-    """
-    order = "little" if little else "big"
-    previous = -1
-    position = file.tell()  # kept by hand: tell() on every element costs as much as the rest of the walk
-    while True:
-        if not nested and size - position < 8:
-            return True  # the end, or a few padding bytes: no element can start there
-        head = file.read(8)
-        if len(head) < 8:
-            return False
-        position += 8
-        group, element = int.from_bytes(head[0:2], order), int.from_bytes(head[2:4], order)
-        if not nested:
-            if group << 16 | element <= previous:
-                if found is not None:
-                    found.unusual = True
-                return True  # tags must ascend: this is junk after a whole dataset, not a truncation
-            previous = group << 16 | element
-        if group == 0xFFFE:  # items and delimiters are always implicit: tag + 4-byte length
-            length = int.from_bytes(head[4:8], order)
-            if element in (0xE00D, 0xE0DD):
-                return nested
-            if length == _UNDEFINED:
-                if not _elements_end_in_file(file, size, implicit, little, nested=True):
-                    return False
-                position = file.tell()
-                continue
-        elif implicit:
-            length = int.from_bytes(head[4:8], order)
-        elif head[4:6] in _LONG_VRS:
-            more = file.read(4)
-            if len(more) < 4:
-                return False
-            position += 4
-            length = int.from_bytes(more, order)
-        else:
-            length = int.from_bytes(head[6:8], order)
-        if length == _UNDEFINED:  # a sequence or encapsulated pixel data: items until its delimiter
-            if found is not None and not nested and previous in _WALK_TAGS:
-                found.values[previous] = b""  # only its presence counts (a Directory Record Sequence)
-            if not _elements_end_in_file(file, size, implicit or head[4:6] == b"UN", little, nested=True):
-                return False
-            position = file.tell()
-        elif position + length > size:
-            return False
-        elif found is not None and not nested and previous in _WALK_TAGS:
-            found.values[previous] = file.read(length) if previous != _DIRECTORY_RECORDS else b""
-            found.unusual |= length > _MAX_UID_BYTES and previous != _DIRECTORY_RECORDS
-            position += length
-            file.seek(position)
-        else:
-            file.seek(length, 1)
-            position += length
-
-
-def _read_meta(file: BinaryIO) -> tuple[dict[int, bytes], int]:
-    """Walk the file meta elements (explicit VR little endian) after the preamble; return their values and end."""
-    file.seek(132)
-    values: dict[int, bytes] = {}
-    while True:
-        head = file.read(8)
-        if len(head) < 8 or int.from_bytes(head[0:2], "little") != 0x0002:
-            return values, file.tell() - len(head)
-        if head[4:6] in _LONG_VRS:
-            length = int.from_bytes(file.read(4), "little")
-        else:
-            length = int.from_bytes(head[6:8], "little")
-        element = int.from_bytes(head[2:4], "little")
-        if element in _META_ELEMENTS and length <= _MAX_UID_BYTES:
-            values[element] = file.read(length)
-        else:
-            file.seek(length, 1)
-
-
 def _clean(raw: bytes | None) -> str:
     """Return a UI value's text as _text() does: stripped, "" when absent or multi-valued."""
     value = (raw or b"").decode("ascii", "replace")
@@ -248,7 +152,7 @@ def _walked(path: Path, sha256: str, size: int, file: BinaryIO) -> Detection | N
     Return None for anything less plain (meta group length missing or wrong, deflated, data set not
     encoded as its meta says, tags out of order, truncated): pydicom then reads the file as before.
     """
-    meta, meta_end = _read_meta(file)
+    meta, meta_end = read_meta(file)
     length, syntax = meta.get(0x0000, b""), _clean(meta.get(0x0010))
     if len(length) != 4 or meta_end != 132 + 12 + int.from_bytes(length, "little"):
         return None
@@ -259,10 +163,10 @@ def _walked(path: Path, sha256: str, size: int, file: BinaryIO) -> Detection | N
     if not _start_matches(start, syntax):
         return None
     implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
-    found = _Found()
+    found = Found()
     file.seek(meta_end)
     on_disk = os.fstat(file.fileno()).st_size
-    if not _elements_end_in_file(file, on_disk, implicit, syntax != BIG_ENDIAN, found=found) or found.unusual:
+    if not elements_end_in_file(file, on_disk, implicit, syntax != BIG_ENDIAN, found=found) or found.unusual:
         return None
     values = found.values
     fields = _Fields(
@@ -273,7 +177,7 @@ def _walked(path: Path, sha256: str, size: int, file: BinaryIO) -> Detection | N
         sop_instance=_clean(values.get(0x00080018)),
         study=_clean(values.get(0x0020000D)),
         series=_clean(values.get(0x0020000E)),
-        directory=_DIRECTORY_RECORDS in values,
+        directory=DIRECTORY_RECORDS in values,
         inferred=syntax,
     )
     return _classify(path, sha256, size, True, fields, start, meta_end)
@@ -338,7 +242,7 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                 meta_end = 0
                 if part10 and isinstance(meta_length, int):
                     # Streaming starts where the elements end; a group length that disagrees is not trusted.
-                    meta_end = _read_meta(file)[1]
+                    meta_end = read_meta(file)[1]
                     meta_end = meta_end if meta_end == 132 + 12 + meta_length else 0
                     file.seek(132 + 12 + meta_length)
                     start = file.read(6)
@@ -354,7 +258,7 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                     implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
                     little = dataset.original_encoding[1] is not False
                     file.seek(data_start)
-                    if not _elements_end_in_file(file, os.fstat(file.fileno()).st_size, implicit, little):
+                    if not elements_end_in_file(file, os.fstat(file.fileno()).st_size, implicit, little):
                         return Detection(Kind.DAMAGED, None, "damaged: the file ends inside a data element (truncated)")
                 return detection
     except OSError as exc:
