@@ -274,9 +274,15 @@ class Lane:
 def _read_exactly(file: object, view: memoryview) -> None:
     got = 0
     while got < len(view):
-        n = file.readinto(view[got:])  # type: ignore[attr-defined]
+        try:
+            n = file.readinto(view[got:])  # type: ignore[attr-defined]
+        except OSError as exc:
+            n, why = 0, str(exc)
+        else:
+            why = "it became shorter"
         if not n:
-            raise OSError("the file became shorter while it was sent")
+            # Part of the message is out: the peer cannot tell where it ends, so only an abort is safe.
+            raise LaneClosed(f"the file could not be read while it was sent ({why})")
         got += n
 
 
