@@ -33,7 +33,7 @@ from .contexts import (
     syntax_name,
     why_not_decompressed,
 )
-from .dimse import Lane, LaneClosed, Response, open_lane
+from .dimse import Lane, LaneClosed, open_lane
 from .sniff import Instance
 
 __all__ = ["NothingAccepted", "Outcome", "Peer", "PeerUnavailable", "StoreResult", "store"]
@@ -195,59 +195,8 @@ def _store_group(
 ) -> None:
     """Send the group's instances over `assoc`; raise LaneClosed when the association cannot go on."""
     accepted, policy = connection.accepted, connection.peer.decompress
-    if lane is None:
-        _store_with_pynetdicom(assoc, instances, group, record, connection)
-        return
     for index in group.indices:
-        instance = instances[index]
-        mode = choose(instance, accepted, policy)
-        if mode is None:
-            detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
-            record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
-            continue
-        try:
-            response = _send_on_lane(lane, instance, mode, connection.next_message_id())
-        except LaneClosed as exc:
-            # The rest of the group is given up by store(); this one may or may not have arrived.
-            record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
-            raise
-        except Exception as exc:  # one unreadable or unencodable file must not stop the batch
-            detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
-            record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
-            continue
-        record(index, _result(instance, response.status, response.error_comment, mode))
-
-
-def _send_on_lane(lane: Lane, instance: Instance, mode: Mode, message_id: int) -> Response:
-    if mode is Mode.STREAM:
-        return lane.store_file(
-            instance.sop_class_uid,
-            instance.sop_instance_uid,
-            instance.transfer_syntax,
-            instance.path,
-            instance.data_offset,
-            message_id,
-        )
-    dataset = payload(instance, mode)
-    assert isinstance(dataset, Dataset)
-    own = str(dataset.file_meta.TransferSyntaxUID)
-    # Little endian data sets may change between explicit and implicit VR, as the peer accepted.
-    candidates = (own, *UNCOMPRESSED) if own in LITTLE_ENDIAN else (own,)
-    syntax = next((ts for ts in candidates if lane.context_id(instance.sop_class_uid, ts) is not None), own)
-    return lane.store_dataset(dataset, syntax, message_id)
-
-
-def _store_with_pynetdicom(
-    assoc: Association,
-    instances: Sequence[Instance],
-    group: Group,
-    record: Callable[[int, StoreResult], None],
-    connection: Connection,
-) -> None:
-    """Send the group through pynetdicom's own send_c_store() (when a lane cannot hold the socket)."""
-    accepted, policy = connection.accepted, connection.peer.decompress
-    for index in group.indices:
-        if not assoc.is_established:
+        if lane is None and not assoc.is_established:
             return
         instance = instances[index]
         mode = choose(instance, accepted, policy)
@@ -256,16 +205,45 @@ def _store_with_pynetdicom(
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
         try:
-            data = payload(instance, mode)
-            status = assoc.send_c_store(data, msg_id=connection.next_message_id())
+            code, comment = _send_one(assoc, lane, instance, mode, connection.next_message_id())
+        except LaneClosed as exc:
+            # The rest of the group is given up by store(); this one may or may not have arrived.
+            record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
+            raise
         except Exception as exc:  # one unreadable or unencodable file must not stop the batch
-            if not assoc.is_established:
+            if lane is None and not assoc.is_established:
                 return
             detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
-        code = int(status.Status) if "Status" in status else None
-        record(index, _result(instance, code, str(status.get("ErrorComment") or ""), mode))
+        record(index, _result(instance, code, comment, mode))
+
+
+def _send_one(
+    assoc: Association, lane: Lane | None, instance: Instance, mode: Mode, message_id: int
+) -> tuple[int | None, str]:
+    """C-STORE one instance; return the response's status (None when none came) and error comment."""
+    if lane is None:  # pynetdicom's own send_c_store(), when a lane cannot hold the socket
+        status = assoc.send_c_store(payload(instance, mode), msg_id=message_id)
+        return (int(status.Status) if "Status" in status else None), str(status.get("ErrorComment") or "")
+    if mode is Mode.STREAM:
+        response = lane.store_file(
+            instance.sop_class_uid,
+            instance.sop_instance_uid,
+            instance.transfer_syntax,
+            instance.path,
+            instance.data_offset,
+            message_id,
+        )
+        return response.status, response.error_comment
+    dataset = payload(instance, mode)
+    assert isinstance(dataset, Dataset)
+    own = str(dataset.file_meta.TransferSyntaxUID)
+    # Little endian data sets may change between explicit and implicit VR, as the peer accepted.
+    candidates = (own, *UNCOMPRESSED) if own in LITTLE_ENDIAN else (own,)
+    syntax = next((ts for ts in candidates if lane.context_id(instance.sop_class_uid, ts) is not None), own)
+    response = lane.store_dataset(dataset, syntax, message_id)
+    return response.status, response.error_comment
 
 
 def _no_context(instance: Instance, group: Group, accepted: Sequence[str], policy: Decompress) -> str:
