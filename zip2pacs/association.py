@@ -104,7 +104,7 @@ class _TunedSocket(AssociationSocket):
             finally:
                 guard.release()
 
-        dul._is_transport_event = guarded_reads
+        dul._is_transport_event = guarded_reads  # type: ignore[method-assign]
         self.read_guard = guard
 
     recv_error: OSError | None = None  # kept: pynetdicom only logs it (a TLS alert says why the peer hung up)
@@ -204,8 +204,9 @@ def _why_not_established(assoc: Association, peer: Peer, tls_context: RecordingC
         if tls_context is not None:
             return describe_handshake_error(error)
         return f"cannot connect: {error}"
-    if isinstance(getattr(sock, "recv_error", None), ssl.SSLError):
-        return describe_alert(sock.recv_error)
+    recv_error = getattr(sock, "recv_error", None)
+    if isinstance(recv_error, ssl.SSLError):
+        return describe_alert(recv_error)
     rsp = assoc.acceptor.primitive
     if assoc.is_rejected and rsp is not None:
         return f"association rejected ({rsp.result_str}, by {rsp.source_str}: {rsp.reason_str})"

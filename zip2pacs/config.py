@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from .association import Peer
 from .contexts import Decompress
@@ -222,8 +222,8 @@ def parse_config(raw: Any, source: Path) -> Config:
             if name not in known:
                 problems.append(f"At '{section}.{name}': unknown key (expected one of {', '.join(sorted(known))})")
     for key in KEYS:
-        section = raw.get(key.section)
-        given = section if isinstance(section, dict) else {}
+        entries = raw.get(key.section)
+        given = entries if isinstance(entries, dict) else {}
         value = given.get(key.name, key.default)
         if value is None:
             value = key.default

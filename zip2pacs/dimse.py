@@ -66,7 +66,7 @@ def command_set(sop_class: str, sop_instance: str, message_id: int, priority: in
     return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
 
 
-def parse_command(data: bytes) -> dict[int, bytes]:
+def parse_command(data: bytes | bytearray) -> dict[int, bytes]:
     """Return the command set's values by element number (group 0000, implicit VR little endian)."""
     values: dict[int, bytes] = {}
     position = 0
@@ -92,12 +92,12 @@ class Lane:
         self.assoc = assoc
         self.guard = guard
         self.dimse_timeout = dimse_timeout
-        self.sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr]
+        self.sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr,assignment]
         peer_max = assoc.acceptor.maximum_length or 0
         self.fragment = (peer_max - _PDV.size) if peer_max > _PDV.size else _UNLIMITED_PDV
         self.contexts: dict[tuple[str, str], int] = {}
         for cx in assoc.accepted_contexts:
-            self.contexts.setdefault((str(cx.abstract_syntax), str(cx.transfer_syntax[0])), cx.context_id)
+            self.contexts.setdefault((str(cx.abstract_syntax), str(cx.transfer_syntax[0])), cx.context_id or 0)
         self._saved: tuple[float | None, float] = (None, 0.0)
 
     def hold(self) -> None:
@@ -290,7 +290,7 @@ def _us(value: bytes | None) -> int | None:
     return struct.unpack("<H", value)[0] if value is not None and len(value) == 2 else None
 
 
-def _describe_pdu(kind: int, body: bytes) -> str:
+def _describe_pdu(kind: int, body: bytes | bytearray) -> str:
     if kind == _A_ABORT and len(body) >= 4:
         return f"the peer aborted the association (source {body[2]}, reason {body[3]})"
     if kind == _A_RELEASE_RQ:

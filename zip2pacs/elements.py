@@ -7,7 +7,7 @@ from a whole one, and on the way it keeps the top-level UIDs detection needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 UNDEFINED = 0xFFFFFFFF
 WALK_TAGS = frozenset({0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00041220})  # sniff's _TAGS, by number
@@ -34,7 +34,7 @@ def elements_end_in_file(
     At the top level the elements must end exactly at end of file; ``nested`` ends at a delimitation item.
     The top-level values of ``WALK_TAGS`` are kept in ``found``.
     """
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if little else "big"
     previous = -1
     position = file.tell()  # kept by hand: tell() on every element costs as much as the rest of the walk
     while True:

@@ -63,7 +63,7 @@ PROBE_CATALOGUE: tuple[Context, ...] = tuple(Context(c, PROBE_IMAGE_SYNTAXES) fo
     Context(c, _UNCOMPRESSED) for c in _PROBE_DOCUMENTS
 )
 
-SHORT_SYNTAX_NAMES = {
+SHORT_SYNTAX_NAMES: dict[str, str] = {
     ExplicitVRLittleEndian: "explicit LE",
     ImplicitVRLittleEndian: "implicit LE",
     uids.JPEGBaseline8Bit: "JPEG baseline",

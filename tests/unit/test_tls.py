@@ -18,7 +18,7 @@ from zip2pacs.association import Peer, PeerUnavailable
 from zip2pacs.cli import main
 from zip2pacs.config import ConfigError, parse_config
 from zip2pacs.probe import echo, probe
-from zip2pacs.sender import Outcome, store
+from zip2pacs.sender import Connection, Outcome, store
 from zip2pacs.tls import TlsSettings
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -67,12 +67,15 @@ def tls_peer(port: int, ca_file: Path, **settings: object) -> Peer:
 
 def test_store_over_tls_delivers_to_a_peer_whose_certificate_the_ca_signed(tmp_path, pki, tls_scp) -> None:
     port, received = tls_scp()
-    instance = make_dicom(tmp_path, CTImageStorage)
+    instances = [make_dicom(tmp_path, CTImageStorage) for _ in range(3)]
 
-    [result] = store(tls_peer(port, pki.ca_file), [instance])
+    with Connection(tls_peer(port, pki.ca_file)) as connection:
+        results = connection.store(instances)
+        assert connection.lane is not None
+        assert isinstance(connection.lane.sock, ssl.SSLSocket)  # the lane itself speaks TLS
 
-    assert result.outcome is Outcome.STORED, result.detail
-    assert received == [instance.sop_instance_uid]
+    assert [r.outcome for r in results] == [Outcome.STORED] * 3, results[0].detail
+    assert received == [i.sop_instance_uid for i in instances]
 
 
 def test_probe_over_tls_echoes_and_says_tls(pki, tls_scp) -> None:
