@@ -44,7 +44,7 @@ from zip2pacs.cli import main
 from zip2pacs.contexts import LOSSLESS_COMPRESSED, Context, Decompress, needed_contexts, plan_groups
 from zip2pacs.dimse import open_lane
 from zip2pacs.probe import PROBE_CATALOGUE, echo, probe
-from zip2pacs.sender import Outcome, store
+from zip2pacs.sender import Outcome, StoreResult, store
 from zip2pacs.sniff import Instance, detect
 
 PRIVATE_ROOT = "1.2.826.0.1.3680043.9.9999."
@@ -348,6 +348,16 @@ def test_store_re_encodes_files_that_are_not_faithful_or_deflated(tmp_path: Path
     assert deflated_rx.transfer_syntax != DeflatedExplicitVRLittleEndian
 
 
+def assert_arrived_decompressed(result: StoreResult, scp: Scp, instance: Instance) -> None:
+    """The instance was stored uncompressed, with exactly the pixels of the compressed original."""
+    assert result.outcome is Outcome.STORED, result.detail
+    assert "decompressed" in result.detail
+    [got] = scp.received
+    assert got.sop_instance == instance.sop_instance_uid
+    assert got.transfer_syntax in UNCOMPRESSED
+    assert np.array_equal(received_pixels(got), dcmread(instance.path).pixel_array)
+
+
 def received_pixels(got: Received) -> np.ndarray:
     """Decode the data set an SCP received in an uncompressed syntax."""
     implicit = got.transfer_syntax == ImplicitVRLittleEndian
@@ -370,12 +380,7 @@ def test_lossless_files_go_decompressed_with_the_same_pixels_when_the_peer_takes
 
     [result] = store(scp.peer(), [instance])  # behavior.decompress defaults to lossless
 
-    assert result.outcome is Outcome.STORED, result.detail
-    assert "decompressed" in result.detail
-    [got] = scp.received
-    assert got.sop_instance == instance.sop_instance_uid
-    assert got.transfer_syntax in UNCOMPRESSED
-    assert np.array_equal(received_pixels(got), dcmread(instance.path).pixel_array)
+    assert_arrived_decompressed(result, scp, instance)
 
 
 def test_a_lossy_file_is_a_permanent_failure_under_lossless_naming_the_sop_class_and_syntaxes(
@@ -417,12 +422,7 @@ def test_lossy_files_go_decompressed_under_lossy(tmp_path: Path, start_scp, name
 
     [result] = store(scp.peer(decompress=Decompress.LOSSY), [instance])
 
-    assert result.outcome is Outcome.STORED, result.detail
-    assert "decompressed" in result.detail
-    [got] = scp.received
-    assert got.sop_instance == instance.sop_instance_uid
-    assert got.transfer_syntax in UNCOMPRESSED
-    assert np.array_equal(received_pixels(got), dcmread(instance.path).pixel_array)
+    assert_arrived_decompressed(result, scp, instance)
 
 
 def test_never_sends_nothing_decompressed_even_lossless(tmp_path: Path, start_scp) -> None:
