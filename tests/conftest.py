@@ -70,6 +70,7 @@ class Workspace:
                 "wait_zip_complete_seconds": 0.5,
                 "retry_base_seconds": 1,
                 "retry_max_seconds": 2,
+                "unreadable_zip_grace_seconds": 0,  # a corrupt ZIP is judged at once in tests
             },
             "logging": {"level": "DEBUG", "file": "logs/uploader.log"},
         }

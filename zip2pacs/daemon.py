@@ -13,8 +13,11 @@ from contextlib import contextmanager
 from .config import Config
 from .intake import ReadyZip, StabilityTracker, list_zips, start_observer
 from .ledger import Ledger, ZipState
-from .pipeline import Pipeline, ZipOutcome, clean_leftovers
+from .pipeline import Pipeline, ZipOutcome
 from .progress import Progress
+from .retry import backoff_delay
+from .unzip import LocalError
+from .workdir import clean_leftovers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,13 +52,38 @@ def single_instance(config: Config) -> Iterator[None]:
         yield
 
 
-def _safe_process(pipeline: Pipeline, z: ReadyZip) -> ZipOutcome | None:
-    """Process one ZIP; an unexpected error is logged once with its traceback and the ZIP stays put."""
-    try:
-        return pipeline.process_zip(z)
-    except Exception:
-        LOGGER.exception("%s: unexpected error; the ZIP stays in %s and is tried again later", z.path.name, z.path.parent)
-        return None
+class Troubled:
+    """ZIPs whose attempt ended before the ledger could record it (this machine failed, or a bug): back-off."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.failures: dict[str, tuple[int, float]] = {}  # identity -> (failures in a row, when to try again)
+
+    def due(self, z: ReadyZip) -> bool:
+        return self.failures.get(z.identity, (0, 0.0))[1] <= time.monotonic()
+
+    def process(self, pipeline: Pipeline, z: ReadyZip) -> ZipOutcome | None:
+        """Process one ZIP; on an error the ZIP stays put, the error is logged, and the next try backs off."""
+        try:
+            outcome = pipeline.process_zip(z)
+        except LocalError as exc:  # expected on a full disk or a locked file: one line, no traceback
+            delay = self._failed(z)
+            LOGGER.warning("%s: %s; the ZIP stays in %s, next try in %.0f s", z.path.name, exc, z.path.parent, delay)
+            return None
+        except Exception:
+            delay = self._failed(z)
+            LOGGER.exception(
+                "%s: unexpected error; the ZIP stays in %s, next try in %.0f s", z.path.name, z.path.parent, delay
+            )
+            return None
+        self.failures.pop(z.identity, None)
+        return outcome
+
+    def _failed(self, z: ReadyZip) -> float:
+        count = self.failures.get(z.identity, (0, 0.0))[0] + 1
+        delay = backoff_delay(count, self.config.retry_base_seconds, self.config.retry_max_seconds)
+        self.failures[z.identity] = (count, time.monotonic() + delay)
+        return delay
 
 
 def run_once(config: Config, stop: threading.Event | None = None, progress: Progress | None = None) -> bool:
@@ -67,6 +95,7 @@ def run_once(config: Config, stop: threading.Event | None = None, progress: Prog
     done: set[str] = set()
     with single_instance(config), Ledger(config.state_db) as ledger:
         pipeline = Pipeline(config, ledger, stop, progress)
+        troubled = Troubled(config)
         while not stop.is_set():
             present = [z for z in list_zips(config.watch_dir) if z.path.name not in done]
             if not present:
@@ -74,7 +103,7 @@ def run_once(config: Config, stop: threading.Event | None = None, progress: Prog
             for z in tracker.stable(present):
                 if stop.is_set():
                     break
-                outcome = _safe_process(pipeline, z)
+                outcome = troubled.process(pipeline, z)
                 done.add(z.path.name)
                 if outcome is None or outcome.state not in (ZipState.DELIVERED, ZipState.DUPLICATE):
                     all_delivered = False
@@ -93,14 +122,13 @@ def run_forever(config: Config, stop: threading.Event, progress: Progress | None
     try:
         with single_instance(config), Ledger(config.state_db) as ledger:
             pipeline = Pipeline(config, ledger, stop, progress)
-            broken: dict[ReadyZip, float] = {}  # ZIPs that hit an unexpected error -> when to try again
+            troubled = Troubled(config)
             while not stop.is_set():
                 for z in tracker.stable(list_zips(config.watch_dir)):
                     if stop.is_set():
                         break
-                    ready = pipeline.due(z) and broken.get(z, 0.0) <= time.monotonic()
-                    if ready and _safe_process(pipeline, z) is None:
-                        broken[z] = time.monotonic() + config.retry_base_seconds
+                    if pipeline.due(z) and troubled.due(z):
+                        troubled.process(pipeline, z)
                 waits = [config.poll_interval_seconds, tracker.seconds_to_next(), pipeline.next_retry_in()]
                 timeout = min(w for w in waits if w is not None)
                 # Wake early on a file event or a stop request; a short floor keeps a busy folder from spinning.

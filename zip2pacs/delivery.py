@@ -7,7 +7,6 @@ instance is recorded in the ledger the moment its C-STORE response arrives.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -17,11 +16,12 @@ from pathlib import Path
 from . import sender
 from .config import Config
 from .dedup import Seen, decide
-from .ledger import Ledger, ZipRecord, ZipState
+from .ledger import Ledger
 from .progress import Progress
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
-from .unzip import ArchiveError, ExtractedFile, extract_zip
+from .unzip import ArchiveError, ExtractedFile, LocalError, extract_zip
+from .zipstart import ZipStart
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Attempt:
     unsent_reason: str = ""
     interrupted: bool = False  # a shutdown stopped the extraction: the ZIP was not seen whole
     archive_error: ArchiveError | None = None
+    local_error: LocalError | None = None  # this machine failed: no verdict on the ZIP
+    unexpected: BaseException | None = None  # a bug or an unforeseen condition: no verdict either
 
     def count(self, outcome: Outcome) -> int:
         return sum(r.outcome is outcome for r in self.results)
@@ -56,75 +58,6 @@ class _Interrupted(Exception):
 
 class _Duplicate(Exception):
     """Raised from the extraction callback once the ZIP's hash shows its bytes were delivered before."""
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class ZipStart:
-    """The ZIP's SHA256, computed in a thread while extraction and sending begin, and its ledger record.
-
-    Deliveries made before the hash is known are recorded without the ZIP's record and adopted by it at
-    the end. A ZIP whose bytes were delivered before gets no record (``duplicate_of`` names the earlier
-    one) and its attempt stops as soon as the hash says so; until then instance dedup holds back every
-    one of its instances, as all of them were delivered.
-    """
-
-    def __init__(self, ledger: Ledger, peer_key: str, path: Path, size: int, mtime: float):
-        self.ledger, self.peer_key, self.path, self.size, self.mtime = ledger, peer_key, path, size, mtime
-        self.record: ZipRecord | None = None
-        self.duplicate_of: ZipRecord | None = None
-        self._sha = ""
-        self._error: OSError | None = None
-        self._lock = threading.Lock()
-        self._done = False
-        self._thread = threading.Thread(target=self._hash, name="zip-sha256", daemon=True)
-        self._thread.start()
-
-    def _hash(self) -> None:
-        try:
-            self._sha = sha256_file(self.path)  # hashlib releases the GIL: this runs beside the extraction
-        except OSError as exc:
-            self._error = exc
-
-    def known_duplicate(self) -> bool:
-        """Return True once the hash is known and shows a delivered ZIP; never waits, never raises."""
-        if self._thread.is_alive():
-            return False
-        try:
-            return self.begin() is None
-        except OSError:
-            return False  # process_zip() meets the error when it asks for the record
-
-    def begin(self) -> ZipRecord | None:
-        """Wait for the hash; return the ZIP's record (created, one more attempt counted), None for a duplicate.
-
-        Raise OSError when the ZIP could not be read.
-        """
-        with self._lock:
-            if not self._done:
-                self._thread.join()
-                self._done = True
-                if self._error is None:
-                    self._open_record()
-            if self._error is not None:
-                raise self._error
-            return self.record
-
-    def _open_record(self) -> None:
-        known = self.ledger.zip_by_sha(self._sha, self.peer_key)
-        if known is not None and known.state in (ZipState.DELIVERED, ZipState.DUPLICATE):
-            self.duplicate_of = known
-            return
-        if known is not None and known.state is ZipState.FAILED:
-            self.ledger.reset_failed(self._sha, self.peer_key)  # it came back: the operator wants another try
-        self.record = self.ledger.zip_begin(self._sha, self.peer_key, self.path.name, self.size, self.mtime)
 
 
 class Delivery:
@@ -159,12 +92,23 @@ class Delivery:
         for thread in senders:
             thread.start()
         try:
-            extraction = extract_zip(zip_path, work, self.config.limits, on_file=self._examine)
+            extraction = extract_zip(
+                zip_path, work, self.config.limits, on_file=self._examine, file=self.start.claim.file
+            )
             for arcname, reason in extraction.skipped:
                 self._skip(arcname, reason, logging.WARNING)
         except ArchiveError as exc:
             self.attempt.archive_error = exc
             self.halt.set()
+        except LocalError as exc:
+            self.attempt.local_error = exc
+            self._halt(str(exc))
+        except OSError as exc:  # reading an extracted file back (detection): a file locked or removed under us
+            self.attempt.local_error = LocalError(f"cannot read an extracted file: {exc}")
+            self._halt(str(self.attempt.local_error))
+        except Exception as exc:
+            self.attempt.unexpected = exc
+            self._halt(f"unexpected error: {type(exc).__name__}: {exc}")
         except _Interrupted:
             self.attempt.interrupted = True
             self._halt("stopped before the whole ZIP was read")
@@ -196,6 +140,10 @@ class Delivery:
                 results = sender.store(self.peer, spares, on_result=self._record)
             except PeerUnavailable as exc:
                 self._halt(f"peer unavailable: {exc}")
+                return
+            except Exception as exc:
+                self.attempt.unexpected = self.attempt.unexpected or exc
+                self._halt(f"unexpected error while sending: {type(exc).__name__}: {exc}")
                 return
             for (n, first), second in zip(refused, results, strict=True):
                 if second.outcome is Outcome.PERMANENT:
@@ -272,14 +220,16 @@ class Delivery:
                     LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
                     self._halt(f"peer unavailable: {exc}")
                     continue
-                except Exception:
-                    LOGGER.exception("%s: unexpected error while sending a batch", self.zip_name)
-                    self._halt("unexpected error while sending (see the log)")
+                except Exception as exc:
+                    with self.lock:
+                        self.attempt.unexpected = self.attempt.unexpected or exc
+                    self._halt(f"unexpected error while sending: {type(exc).__name__}: {exc}")
                     continue
                 with self.lock:
                     self.attempt.results.extend(results)
-                if any(r.outcome is Outcome.TRANSIENT for r in results):
-                    self._halt("the peer could not store everything")  # keep the rest for the retry
+                transient = [r.detail for r in results if r.outcome is Outcome.TRANSIENT]
+                if transient:
+                    self._halt(transient[0])  # keep the rest for the retry
 
     def _halt(self, reason: str) -> None:
         with self.lock:
@@ -303,6 +253,7 @@ class Delivery:
                 transfer_syntax=i.transfer_syntax,
                 status=r.status,
                 outcome=r.outcome.value,
+                claim=self.start.claim.identity,
             )
         self.progress.update(1, i.size)
         level = logging.DEBUG if r.outcome is Outcome.STORED else logging.WARNING

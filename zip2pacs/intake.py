@@ -29,6 +29,14 @@ class ReadyZip:
     path: Path
     size: int
     mtime: float
+    device: int = 0
+    inode: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def identity(self) -> str:
+        """Return ``device:inode:size:mtime_ns``: a file replaced under the same name has another identity."""
+        return f"{self.device}:{self.inode}:{self.size}:{self.mtime_ns or round(self.mtime * 1e9)}"
 
 
 def is_candidate(name: str) -> bool:
@@ -53,7 +61,7 @@ def list_zips(watch_dir: Path) -> list[ReadyZip]:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue  # vanished between listing and stat
-        found.append(ReadyZip(Path(entry.path), st.st_size, st.st_mtime))
+        found.append(ReadyZip(Path(entry.path), st.st_size, st.st_mtime, st.st_dev, st.st_ino, st.st_mtime_ns))
     return sorted(found, key=lambda z: (z.mtime, z.path.name))
 
 
@@ -66,7 +74,7 @@ class StabilityTracker:
     def __init__(self, wait_seconds: float, clock: Callable[[], float] = time.monotonic):
         self.wait_seconds = wait_seconds
         self.clock = clock
-        self._seen: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, unchanged since)
+        self._seen: dict[Path, tuple[str, float]] = {}  # path -> (identity, unchanged since)
 
     def stable(self, zips: Iterable[ReadyZip]) -> list[ReadyZip]:
         """Observe ``zips`` now and return those unchanged for long enough."""
@@ -75,11 +83,11 @@ class StabilityTracker:
         for z in zips:
             present.add(z.path)
             previous = self._seen.get(z.path)
-            if previous is None or previous[:2] != (z.size, z.mtime):
-                self._seen[z.path] = (z.size, z.mtime, now)
+            if previous is None or previous[0] != z.identity:
+                self._seen[z.path] = (z.identity, now)
                 if self.wait_seconds > 0:
                     continue
-            if now - self._seen[z.path][2] >= self.wait_seconds:
+            if now - self._seen[z.path][1] >= self.wait_seconds:
                 ready.append(z)
         for gone in set(self._seen) - present:
             del self._seen[gone]
@@ -88,7 +96,7 @@ class StabilityTracker:
     def seconds_to_next(self) -> float | None:
         """Return how long until the next ZIP still settling could be stable, or None when none is settling."""
         now = self.clock()
-        left = [since + self.wait_seconds - now for _, _, since in self._seen.values()]
+        left = [since + self.wait_seconds - now for _, since in self._seen.values()]
         left = [s for s in left if s > 0]
         return min(left) if left else None
 
@@ -142,7 +150,9 @@ class _Wake(FileSystemEventHandler):
             self.event.set()
 
 
-def start_observer(watch_dir: Path, wake: threading.Event, mode: str = "auto", poll_seconds: float = 2.0) -> BaseObserver:
+def start_observer(
+    watch_dir: Path, wake: threading.Event, mode: str = "auto", poll_seconds: float = 2.0
+) -> BaseObserver:
     """Start a watchdog observer that sets ``wake`` when a ZIP appears or changes; the rescan stays the truth."""
     kind, why = choose_observer(watch_dir, mode)
     observer: BaseObserver = PollingObserver(timeout=poll_seconds) if kind == "polling" else Observer()

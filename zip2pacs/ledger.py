@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration takes the database from version N-1 to N, in one transaction.
 MIGRATIONS: dict[int, str] = {
@@ -60,6 +60,14 @@ MIGRATIONS: dict[int, str] = {
     """,
     # Every attempt that did not deliver, as JSON: [{"attempt", "at", "state", "error"}, ...].
     2: "ALTER TABLE zips ADD COLUMN history TEXT NOT NULL DEFAULT '[]'",
+    # claim: the identity (device:inode:size:mtime_ns) of the ZIP file whose attempt stored an instance before
+    # the ZIP's hash was known, so that only that file's record adopts it. tried_seconds: time spent trying,
+    # measured between looks with each gap capped, so a clock jump neither gives up at once nor stalls.
+    3: """
+    ALTER TABLE instances ADD COLUMN claim TEXT;
+    CREATE INDEX instances_by_claim ON instances (claim) WHERE zip_id IS NULL;
+    ALTER TABLE zips ADD COLUMN tried_seconds REAL NOT NULL DEFAULT 0
+    """,
 }
 HISTORY_KEPT = 50  # a ZIP retried every 30 min for days keeps its latest attempts only
 
@@ -81,6 +89,7 @@ class ZipRecord:
     attempts: int
     next_retry: float | None
     last_error: str
+    tried_seconds: float = 0.0  # time spent trying to deliver it, clock jumps excluded
 
 
 @dataclass(frozen=True)
@@ -103,11 +112,11 @@ class Counts:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
-_ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error"
+_ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error, tried_seconds"
 
 
 def _zip(row: tuple) -> ZipRecord:
-    return ZipRecord(row[0], row[1], row[2], ZipState(row[3]), row[4], row[5], row[6], row[7])
+    return ZipRecord(row[0], row[1], row[2], ZipState(row[3]), row[4], row[5], row[6], row[7], row[8])
 
 
 class Ledger:
@@ -171,9 +180,20 @@ class Ledger:
         row = self._row(f"SELECT {_ZIP_COLUMNS} FROM zips WHERE sha256=? AND peer=?", (sha256, peer))
         return _zip(row) if row else None
 
-    def zip_begin(self, sha256: str, peer: str, name: str, size: int, mtime: float) -> ZipRecord:
-        """Return the ZIP's record, created as pending if new; count one more attempt."""
+    def zip_begin(
+        self, sha256: str, peer: str, name: str, size: int, mtime: float, max_gap: float = 3600.0
+    ) -> ZipRecord:
+        """Return the ZIP's record, created as pending if new; count one more attempt.
+
+        The time since the previous attempt of a pending ZIP is added to its ``tried_seconds``, at most
+        ``max_gap``: a wall clock set forward, or a machine switched off, does not use up the retry budget.
+        """
         now = time.time()
+        self._rows(
+            "UPDATE zips SET tried_seconds = tried_seconds + MIN(MAX(? - updated, 0), ?) "
+            "WHERE sha256=? AND peer=? AND state=? AND attempts > 0",
+            (now, max_gap, sha256, peer, ZipState.PENDING.value),
+        )
         self._rows(
             "INSERT INTO zips (sha256, peer, name, size, mtime, state, first_seen, updated) VALUES (?,?,?,?,?,?,?,?) "
             "ON CONFLICT (sha256, peer) DO UPDATE SET name=excluded.name, size=excluded.size, mtime=excluded.mtime",
@@ -192,8 +212,12 @@ class Ledger:
         error: str = "",
         next_retry: float | None = None,
         final_path: str = "",
+        spent: float = 0.0,
     ) -> None:
-        """Record the outcome of one attempt at a ZIP; an attempt with an error joins the ZIP's history."""
+        """Record the outcome of one attempt at a ZIP (``spent`` seconds long, by the monotonic clock).
+
+        An attempt with an error joins the ZIP's history.
+        """
         if error:
             history, attempts = self._row("SELECT history, attempts FROM zips WHERE id=?", (zip_id,)) or ("[]", 0)
             entries = json.loads(history)
@@ -202,7 +226,7 @@ class Ledger:
             self._rows("UPDATE zips SET history=? WHERE id=?", (json.dumps(entries[-HISTORY_KEPT:]), zip_id))
         self._rows(
             "UPDATE zips SET state=?, found=?, sent=?, duplicates=?, skipped=?, failed=?, changed=?, "
-            "last_error=?, next_retry=?, final_path=?, updated=? WHERE id=?",
+            "last_error=?, next_retry=?, final_path=?, updated=?, tried_seconds=tried_seconds+? WHERE id=?",
             (
                 state.value,
                 *astuple(counts),  # found, sent, duplicates, skipped, failed, changed
@@ -210,6 +234,7 @@ class Ledger:
                 next_retry,
                 final_path,
                 time.time(),
+                max(spent, 0.0),
                 zip_id,
             ),
         )
@@ -217,7 +242,7 @@ class Ledger:
     def reset_failed(self, sha256: str, peer: str) -> None:
         """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed)."""
         self._rows(
-            "UPDATE zips SET state=?, attempts=0, next_retry=NULL, first_seen=?, updated=? "
+            "UPDATE zips SET state=?, attempts=0, next_retry=NULL, first_seen=?, updated=?, tried_seconds=0 "
             "WHERE sha256=? AND peer=? AND state=?",
             (ZipState.PENDING.value, time.time(), time.time(), sha256, peer, ZipState.FAILED.value),
         )
@@ -258,14 +283,16 @@ class Ledger:
         transfer_syntax: str,
         status: int | None,
         outcome: str,
+        claim: str = "",
     ) -> None:
-        """Record one instance stored on ``peer`` (committed at once: it must never be sent twice).
+        """Record one instance stored on ``peer``, committed at once so that it is not sent again.
 
-        ``zip_id`` is None while the ZIP's hash, hence its record, is not known yet; see adopt_deliveries().
+        ``zip_id`` is None while the ZIP's hash, hence its record, is not known yet: ``claim`` (the ZIP file's
+        identity) then says which ZIP adopts it; see adopt_deliveries().
         """
         self._rows(
             "INSERT INTO instances (peer, sop_instance_uid, sha256, sop_class_uid, study_uid, series_uid, "
-            "transfer_syntax, zip_id, zip_name, status, outcome, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "transfer_syntax, zip_id, zip_name, status, outcome, stored_at, claim) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 peer,
                 sop_instance_uid,
@@ -279,14 +306,15 @@ class Ledger:
                 status,
                 outcome,
                 time.time(),
+                claim or None,
             ),
         )
 
-    def adopt_deliveries(self, zip_id: int, peer: str, zip_name: str) -> int:
-        """Give the ZIP's record to its deliveries recorded before it existed; return how many."""
+    def adopt_deliveries(self, zip_id: int, peer: str, claim: str) -> int:
+        """Give the ZIP's record to the deliveries its file (``claim``) made before the record existed."""
         with self._lock:
             cursor = self.db.execute(
-                "UPDATE instances SET zip_id=? WHERE zip_id IS NULL AND peer=? AND zip_name=?", (zip_id, peer, zip_name)
+                "UPDATE instances SET zip_id=? WHERE zip_id IS NULL AND peer=? AND claim=?", (zip_id, peer, claim)
             )
             return cursor.rowcount
 

@@ -7,7 +7,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+
+def identity_of(st: os.stat_result) -> str:
+    """Return ``device:inode:size:mtime_ns``: a file replaced under the same name has another identity."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def unique_target(folder: Path, name: str) -> Path:
@@ -47,18 +52,57 @@ def move_unique(src: Path, folder: Path) -> Path:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        temp = folder / f".{target.name}.copying"
-        with open(src, "rb") as fin, open(temp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1024 * 1024)
-            fout.flush()
-            os.fsync(fout.fileno())
-        shutil.copystat(src, temp)
-        os.rename(temp, target)
-        _fsync_dir(folder)
+        with open(src, "rb") as fin:
+            _copy_in(fin, target)
+        shutil.copystat(src, target)
         os.unlink(src)
         return target
     _fsync_dir(folder)
     return target
+
+
+def _copy_in(source: BinaryIO, target: Path) -> None:
+    """Copy ``source`` from its start to ``target`` through a hidden name, fsynced, so no half file is seen."""
+    temp = target.with_name(f".{target.name}.copying")
+    source.seek(0)
+    with open(temp, "wb") as out:
+        shutil.copyfileobj(source, out, 1024 * 1024)
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(temp, target)
+    _fsync_dir(target.parent)
+
+
+def move_claimed(src: Path, held: BinaryIO, identity: str, folder: Path) -> tuple[Path, bool]:
+    """Move the file claimed as ``held`` (with ``identity``) from ``src`` into ``folder``; return (new path, moved).
+
+    When another file now has the name ``src`` (replaced while it was delivered), that file is left where it
+    is, a new ZIP for the watcher, and the claimed bytes are copied from ``held`` instead (moved is False).
+    """
+    try:
+        current = identity_of(os.stat(src))
+    except FileNotFoundError:
+        current = ""
+    if current == identity:
+        try:
+            target = move_unique(src, folder)
+        except PermissionError:  # a file system that will not rename an open file (DrvFs can be one)
+            held.close()
+            target = move_unique(src, folder)
+        try:
+            device, inode = identity_of(os.stat(target)).split(":")[:2]
+        except FileNotFoundError:
+            device, inode = "", ""
+        # A rename keeps device and inode; a copy across file systems lands on another device.
+        if device != identity.split(":")[0] or inode == identity.split(":")[1]:
+            return target, True
+        # Replaced between the check and the rename: put the newcomer back, keep our bytes below.
+        if target.exists() and not src.exists():
+            os.rename(target, src)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = unique_target(folder, src.name)
+    _copy_in(held, target)
+    return target, False
 
 
 def write_reason(zip_target: Path, reason: dict[str, Any]) -> Path:

@@ -1,10 +1,8 @@
-"""One ZIP from start to end: hash, extract, detect, dedup, send, then archive, quarantine or retry later."""
+"""One ZIP from start to end: claim, hash, extract, detect, dedup, send, then archive, quarantine or retry later."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import shutil
 import threading
 import time
@@ -13,13 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Config
-from .delivery import Delivery, ZipStart
+from .delivery import Attempt, Delivery
 from .intake import ReadyZip
 from .ledger import Counts, Ledger, ZipRecord, ZipState
-from .moves import move_unique, write_reason
+from .moves import move_claimed, write_reason
 from .progress import Progress
+from .retry import backoff_delay
 from .sender import Outcome, StoreResult
-from .unzip import DiskSpaceLow
+from .unzip import DiskSpaceLow, LocalError, UnreadableZip
+from .workdir import work_folder
+from .zipstart import ClaimedZip, ZipStart
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,19 +33,6 @@ class ZipOutcome:
     seconds: float
     error: str = ""
     final_path: Path | None = None
-
-
-WORK_FOLDER = re.compile(r".+-[0-9a-f]{12}")
-
-
-def clean_leftovers(work_dir: Path) -> list[Path]:
-    """Remove extraction folders a crashed run left in ``work_dir``; return them. Other files are left alone."""
-    removed = []
-    for entry in sorted(work_dir.iterdir()) if work_dir.is_dir() else []:
-        if entry.is_dir() and not entry.is_symlink() and WORK_FOLDER.fullmatch(entry.name):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
 
 
 def _utc(ts: float) -> str:
@@ -66,91 +54,176 @@ class Pipeline:
     # --- scheduling ------------------------------------------------------------------------------
 
     def due(self, z: ReadyZip, now: float | None = None) -> bool:
-        """Return False while a pending ZIP waits for its next retry (known by name, size and mtime)."""
+        """Return False while a pending ZIP waits for its next retry (known by name, size and mtime).
+
+        A retry further away than the longest delay can only come from a wall clock set back: it is due now.
+        """
         record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, self.peer.key)
         if record is None or record.state is not ZipState.PENDING or record.next_retry is None:
             return True
-        return (now or time.time()) >= record.next_retry
+        wait = record.next_retry - (now or time.time())
+        return wait <= 0 or wait > self._longest_wait()
 
     def next_retry_in(self, now: float | None = None) -> float | None:
         """Return seconds until the earliest pending retry, or None when nothing waits."""
         times = [p[3] for p in self.ledger.pending() if p[1] == self.peer.key and p[3] is not None]
-        return max(0.0, min(times) - (now or time.time())) if times else None
+        if not times:
+            return None
+        return min(max(0.0, min(times) - (now or time.time())), self._longest_wait())
+
+    def _longest_wait(self) -> float:
+        return max(self.config.retry_max_seconds, self.config.unreadable_zip_grace_seconds) + 1.0
 
     # --- one ZIP ---------------------------------------------------------------------------------
 
     def process_zip(self, z: ReadyZip) -> ZipOutcome:
-        """Deliver one complete ZIP; never raises for bad input or an absent peer."""
+        """Deliver one complete ZIP; never raises for bad input or an absent peer.
+
+        Raise LocalError when this machine fails (the ZIP cannot be opened, a disk is full): no verdict.
+        """
         started = time.monotonic()
-        name = z.path.name
-        LOGGER.info("%s: start (%.1f MB)", name, z.size / 1e6)
-        start = ZipStart(self.ledger, self.peer.key, z.path, z.size, z.mtime)  # hashing starts
-        token = hashlib.sha256(f"{name}|{z.size}|{z.mtime}".encode()).hexdigest()[:12]
-        work = self.config.work_dir / f"{Path(name).stem[:60]}-{token}"
+        try:
+            claim = ClaimedZip(z)
+        except OSError as exc:
+            raise LocalError(f"cannot open {z.path}: {exc.strerror or exc}") from exc
+        LOGGER.info("%s: start (%.1f MB)", z.path.name, z.size / 1e6)
+        max_gap = 2 * self._longest_wait()
+        start = ZipStart(self.ledger, self.peer.key, claim, max_gap)  # hashing starts
+        work = work_folder(self.config.work_dir, z)
         shutil.rmtree(work, ignore_errors=True)  # a crashed attempt's leftovers
         try:
             return self._attempt(z, start, work, started)
         finally:
+            claim.close()
             if self.config.delete_extracted_after_upload:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
         a = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress).run(z.path, work)
-        record = start.begin()
+        try:
+            record = start.begin()
+        except OSError as exc:
+            raise LocalError(f"cannot read {z.path}: {exc.strerror or exc}") from exc
         if record is None:
             known = start.duplicate_of
             assert known is not None
-            target = move_unique(z.path, self.config.archive_dir)
-            LOGGER.info("%s: duplicate of %s, already delivered to %s; archived as %s", z.path.name, known.name, self.peer.key, target.name)
+            target = self._move(z, start, self.config.archive_dir)
+            LOGGER.info(
+                "%s: duplicate of %s, already delivered to %s; archived as %s",
+                z.path.name,
+                known.name,
+                self.peer.key,
+                target.name,
+            )
             return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
-        self.ledger.adopt_deliveries(record.id, self.peer.key, z.path.name)
+        self.ledger.adopt_deliveries(record.id, self.peer.key, start.claim.identity)
         sent = a.count(Outcome.STORED) + a.count(Outcome.WARNING)
         permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
         failed = len(permanent) + a.count(Outcome.TRANSIENT) + a.unsent
         counts = Counts(a.found, sent, a.duplicates, a.skipped, failed, a.changed)
-        if a.interrupted:  # never judged on part of its entries: it goes on at the next start
-            return self._postpone(z, record, counts, a.unsent_reason, started)
-        if isinstance(a.archive_error, DiskSpaceLow):
-            return self._postpone(z, record, counts, f"{a.archive_error} (the ZIP waits until space is freed)", started)
+        why_not_yet = self._no_verdict(z, a, record)
+        if why_not_yet:
+            return self._postpone(z, start, record, counts, why_not_yet, started)
         if a.archive_error is not None:
             why = f"{type(a.archive_error).__name__}: {a.archive_error}"
             if sent:
                 why += f" ({sent} instance(s) extracted before it were stored)"
-            return self._fail(z, record, counts, why, started, entries=a.skipped_files)
+            return self._fail(z, start, record, counts, why, started, entries=a.skipped_files)
         if a.found == 0:
-            return self._fail(z, record, counts, "no DICOM instance in the ZIP", started, entries=a.skipped_files)
+            return self._fail(
+                z, start, record, counts, "no DICOM instance in the ZIP", started, entries=a.skipped_files
+            )
         if a.count(Outcome.TRANSIENT) or a.unsent:
             transient = [r.detail for r in a.results if r.outcome is Outcome.TRANSIENT]
-            return self._postpone(z, record, counts, a.unsent_reason or transient[0], started)
+            return self._postpone(z, start, record, counts, a.unsent_reason or transient[0], started)
         if permanent:
             entries = [(a.names.get(r.instance.path, r.instance.path.name), self._describe(r)) for r in permanent]
-            return self._fail(z, record, counts, f"{len(permanent)} instance(s) refused by {self.peer.key}", started, entries)
-        target = move_unique(z.path, self.config.archive_dir)
-        self.ledger.zip_finish(record.id, ZipState.DELIVERED, counts, final_path=str(target))
+            return self._fail(
+                z, start, record, counts, f"{len(permanent)} instance(s) refused by {self.peer.key}", started, entries
+            )
+        target = self._move(z, start, self.config.archive_dir)
+        self.ledger.zip_finish(
+            record.id, ZipState.DELIVERED, counts, final_path=str(target), spent=time.monotonic() - started
+        )
         return self._report(z, ZipState.DELIVERED, counts, started, final_path=target)
+
+    def _no_verdict(self, z: ReadyZip, a: Attempt, record: ZipRecord) -> str:
+        """Return why this attempt says nothing about the ZIP itself (it stays pending), or "" when it does."""
+        if a.unexpected is not None:
+            # Logged once, here, where the ZIP's fate is decided: a bug is not a verdict on the ZIP.
+            LOGGER.error("%s: unexpected error; the ZIP stays pending", z.path.name, exc_info=a.unexpected)
+            return f"unexpected error: {type(a.unexpected).__name__}: {a.unexpected} (see the log)"
+        if a.local_error is not None:
+            return f"{a.local_error} (a problem of this machine, not of the ZIP)"
+        if a.interrupted:  # never judged on part of its entries: it goes on at the next start
+            return a.unsent_reason
+        if isinstance(a.archive_error, DiskSpaceLow):
+            return f"{a.archive_error} (the ZIP waits until space is freed)"
+        if isinstance(a.archive_error, UnreadableZip) and not self._settled(record):
+            grace = self.config.unreadable_zip_grace_seconds
+            return (
+                f"{a.archive_error}; maybe still being copied: judged corrupt only once unchanged for {grace:.0f} s "
+                "(behavior.unreadable_zip_grace_seconds)"
+            )
+        return ""
+
+    def _settled(self, record: ZipRecord) -> bool:
+        """Return True when these very bytes were looked at before, at least the grace period ago."""
+        grace = self.config.unreadable_zip_grace_seconds
+        return grace == 0 or (record.attempts >= 2 and time.time() - record.first_seen >= grace)
+
+    def _move(self, z: ReadyZip, start: ZipStart, folder: Path) -> Path:
+        """Move the claimed ZIP into ``folder``; a file that replaced it under its name stays, as a new ZIP."""
+        claim = start.claim
+        target, moved = move_claimed(z.path, claim.file, claim.identity, folder)
+        if not moved:
+            LOGGER.warning(
+                "%s: replaced by another file while it was handled; the bytes handled are kept as %s, "
+                "and the new %s is a ZIP of its own",
+                z.path.name,
+                target,
+                z.path.name,
+            )
+        return target
 
     # --- endings ---------------------------------------------------------------------------------
 
     def _describe(self, r: StoreResult) -> str:
         status = f"0x{r.status:04X}" if r.status is not None else "no status"
-        return f"SOP Instance UID {r.instance.sop_instance_uid}, SOP Class {r.instance.sop_class_uid}: {status} {r.detail}"
+        return (
+            f"SOP Instance UID {r.instance.sop_instance_uid}, SOP Class {r.instance.sop_class_uid}: {status} {r.detail}"
+        )
 
-    def _postpone(self, z: ReadyZip, record: ZipRecord, counts: Counts, why: str, started: float) -> ZipOutcome:
-        now = time.time()
-        if now - record.first_seen > self.config.give_up_after_hours * 3600:
-            return self._fail(z, record, counts, f"gave up after {record.attempts} attempt(s); last error: {why}", started, [])
-        delay = min(self.config.retry_base_seconds * 2 ** max(record.attempts - 1, 0), self.config.retry_max_seconds)
+    def _postpone(
+        self, z: ReadyZip, start: ZipStart, record: ZipRecord, counts: Counts, why: str, started: float
+    ) -> ZipOutcome:
+        now, spent = time.time(), time.monotonic() - started
+        if record.tried_seconds + spent > self.config.give_up_after_hours * 3600:
+            why = f"gave up after {record.attempts} attempt(s); last error: {why}"
+            return self._fail(z, start, record, counts, why, started, [])
+        c = self.config
+        delay = backoff_delay(record.attempts, c.retry_base_seconds, c.retry_max_seconds)
+        if "behavior.unreadable_zip_grace_seconds" in why:
+            delay = max(delay, record.first_seen + c.unreadable_zip_grace_seconds - now + 1.0)
         if self.stop.is_set():
             delay = 0.0  # interrupted by a shutdown, not by the peer: go on at the next start
-        self.ledger.zip_finish(record.id, ZipState.PENDING, counts, error=why, next_retry=now + delay)
+        self.ledger.zip_finish(record.id, ZipState.PENDING, counts, error=why, next_retry=now + delay, spent=spent)
         LOGGER.warning("%s: attempt %d incomplete (%s); next try in %.0f s", z.path.name, record.attempts, why, delay)
         return self._report(z, ZipState.PENDING, counts, started, error=why)
 
     def _fail(
-        self, z: ReadyZip, record: ZipRecord, counts: Counts, why: str, started: float, entries: list[tuple[str, str]]
+        self,
+        z: ReadyZip,
+        start: ZipStart,
+        record: ZipRecord,
+        counts: Counts,
+        why: str,
+        started: float,
+        entries: list[tuple[str, str]],
     ) -> ZipOutcome:
-        target = move_unique(z.path, self.config.failed_dir)
-        self.ledger.zip_finish(record.id, ZipState.FAILED, counts, error=why, final_path=str(target))
+        target = self._move(z, start, self.config.failed_dir)
+        spent = time.monotonic() - started
+        self.ledger.zip_finish(record.id, ZipState.FAILED, counts, error=why, final_path=str(target), spent=spent)
         write_reason(
             target,
             {

@@ -1,15 +1,12 @@
-"""Operator commands: a readable status from the ledger, and sending failed ZIPs round again."""
+"""`--status`: a readable summary of the ledger."""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
-from pathlib import Path
 
 from .config import Config
-from .intake import is_candidate
 from .ledger import Ledger
-from .moves import move_unique
 
 
 def _when(ts: float | None) -> str:
@@ -34,7 +31,9 @@ def status_text(ledger: Ledger, config: Config) -> str:
         lines.append("Pending:")
         for name, peer, attempts, next_retry, error in pending:
             # The ledger outlives files an operator moved away by hand: say so rather than promise a retry.
-            when = f"next {_when(next_retry)}" if (config.watch_dir / name).exists() else "no longer in the watch folder"
+            when = (
+                f"next {_when(next_retry)}" if (config.watch_dir / name).exists() else "no longer in the watch folder"
+            )
             lines.append(f"  {name} -> {peer}: {attempts} attempt(s), {when}; last error: {error or '-'}")
     failures = ledger.recent_failures()
     if failures:
@@ -43,12 +42,3 @@ def status_text(ledger: Ledger, config: Config) -> str:
             stamp = datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M:%S")
             lines.append(f"  {stamp} {name}: {error} ({final_path})")
     return "\n".join(lines)
-
-
-def retry_failed(config: Config) -> list[Path]:
-    """Move every ZIP in failed_dir back to the watch folder; return their new paths."""
-    moved = []
-    for path in sorted(config.failed_dir.iterdir()):
-        if path.is_file() and is_candidate(path.name):
-            moved.append(move_unique(path, config.watch_dir))
-    return moved

@@ -9,9 +9,11 @@ early, before writing anything), then against the bytes actually written, in cas
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import lzma
+import os
 import re
 import shutil
 import stat
@@ -36,9 +38,12 @@ METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 10: "PKWARE DCL Implo
 _INVALID_CHARS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
-# Whatever zipfile or a decompressor raises while reading means the ZIP cannot be read as it is.
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
+# Whatever zipfile or a decompressor raises while reading means the ZIP cannot be read as it is; an OSError
+# is this machine's (EIO, a file locked or removed) unless it is a seek the ZIP's own offsets made invalid.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError,
                 NotImplementedError, RuntimeError, OverflowError, struct.error)  # fmt: skip
+# A name the local file system refuses: the entry is written under a name the watcher makes.
+_NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ}
 
 
 class ArchiveError(Exception):
@@ -55,6 +60,26 @@ class DiskSpaceLow(UnsafeArchive):
 
 class CorruptArchive(ArchiveError):
     """The ZIP cannot be read (no central directory, bad CRC, truncated, encrypted)."""
+
+
+class UnreadableZip(CorruptArchive):
+    """The ZIP does not open or its data do not read back: corrupt, or a copy still under way."""
+
+
+class LocalError(Exception):
+    """This machine failed (disk full, no inodes, I/O error, file locked): no verdict on the ZIP, retried later."""
+
+
+def local_error(exc: OSError, where: Path, doing: str) -> LocalError:
+    """Return a LocalError saying what failed where; a full disk names its free space and inodes."""
+    why = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            vfs = os.statvfs(where if where.is_dir() else where.parent)
+            why += f"; {vfs.f_bavail * vfs.f_frsize / 1e6:.1f} MB and {vfs.f_favail} inodes free there"
+        except OSError:
+            pass
+    return LocalError(f"cannot {doing} in {where}: {why}")
 
 
 @dataclass(frozen=True)
@@ -86,20 +111,25 @@ def extract_zip(
     dest: Path,
     limits: Limits = Limits(),
     on_file: Callable[[ExtractedFile], None] | None = None,
+    file: BinaryIO | None = None,
 ) -> Extraction:
-    """Extract ``zip_path`` into ``dest`` (created if missing), calling ``on_file`` as each file is closed.
+    """Extract ``zip_path`` (read from ``file`` when given) into ``dest``, calling ``on_file`` as each file is closed.
 
     Nested ZIPs are unpacked into ``<name>.contents/`` up to ``limits.nested_zip_depth`` levels; a nested file's
     arcname is ``outer.zip/inner/entry``. Raise UnsafeArchive (or its DiskSpaceLow) when a limit is exceeded
-    and CorruptArchive when the ZIP cannot be read; ``dest`` is then removed, so a failure leaves nothing behind.
+    and CorruptArchive when the ZIP cannot be read; ``dest`` is then removed. Raise LocalError when this
+    machine fails (disk full, I/O error): that is no verdict on the ZIP, and what was extracted stays.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise local_error(exc, dest.parent, "create the extraction folder") from exc
     run = _Run(zip_path.name, dest, limits, on_file)
     try:
-        run.archive(zip_path, prefix=(), label="", depth=0)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        run.archive(file or zip_path, prefix=(), label="", depth=0)
+    except ArchiveError:
+        shutil.rmtree(dest, ignore_errors=True)  # a verdict on the ZIP: nothing of it is kept
         raise
     return Extraction(dest, tuple(run.files), tuple(run.skipped))
 
@@ -116,13 +146,18 @@ class _Run:
         self.written = 0
         self.next_disk_check = DISK_CHECK_EVERY
         self.taken: dict[str, tuple[bool, str]] = {}  # casefolded relative path -> (is_dir, name on disk)
+        self.renamed = 0
 
-    def archive(self, path: Path, prefix: tuple[str, ...], label: str, depth: int) -> None:
+    def archive(self, path: Path | BinaryIO, prefix: tuple[str, ...], label: str, depth: int) -> None:
         subject = f"nested ZIP {_shown(label[:-1])}" if label else "the ZIP"
         try:
             zf = zipfile.ZipFile(path)
         except _READ_ERRORS as exc:
-            raise CorruptArchive(f"{subject} is not a readable ZIP: {exc}") from exc
+            raise UnreadableZip(f"{subject} is not a readable ZIP: {exc}") from exc
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # a seek to an offset the ZIP's own records made invalid
+                raise UnreadableZip(f"{subject} is not a readable ZIP: {exc}") from exc
+            raise local_error(exc, self.dest, f"read {subject} (for {self.zip_name})") from exc
         with zf:
             infos = zf.infolist()
             self.check_declared(infos, label, subject)
@@ -159,7 +194,10 @@ class _Run:
             )
 
     def check_disk(self, coming: int) -> None:
-        free = shutil.disk_usage(self.dest).free
+        try:
+            free = shutil.disk_usage(self.dest).free
+        except OSError as exc:
+            raise local_error(exc, self.dest, "read the free space") from exc
         if free - coming < self.limits.min_free_bytes:
             raise DiskSpaceLow(
                 f"{free} bytes free at {self.dest}, {coming} more needed, "
@@ -179,19 +217,25 @@ class _Run:
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             return self.skip(arc, "special file (device, FIFO or socket)")
         parts = _safe_parts(_decode_name(info))
-        if not parts:
-            return self.skip(arc, "no usable file name")
-        rel = self.place(prefix + parts)
+        rel = self.place(prefix + parts) if parts else self.made_name(prefix)
         path = self.dest.joinpath(*rel)
         if len(str(path).encode()) > MAX_PATH_BYTES:
-            return self.skip(arc, "path too long")
+            rel = self.made_name(prefix)  # detection is by content: no instance is lost to its name
+            path = self.dest.joinpath(*rel)
         if not path.parent.resolve().is_relative_to(self.real_dest):  # only if dest already held a symlink
             return self.skip(arc, "folder resolves outside the extraction folder")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(path, "xb")  # noqa: SIM115 - "x" never overwrites; copy() closes it
+            out = self.create(path)
         except OSError as exc:
-            return self.skip(arc, f"cannot create the file: {exc.strerror or exc}")
+            if exc.errno not in _NAME_ERRNOS:
+                raise local_error(exc, path.parent, f"create {_shown(arc)}") from exc
+            LOGGER.debug("%s: entry %s: name refused (%s); written under a made name", self.zip_name, _shown(arc), exc)
+            rel = self.made_name(prefix)
+            path = self.dest.joinpath(*rel)
+            try:
+                out = self.create(path)
+            except OSError as again:
+                raise local_error(again, path.parent, f"create {_shown(arc)}") from again
         size, digest = self.copy(zf, info, out, path, arc)
         extracted = ExtractedFile(path, arc, size, digest)
         if info.filename.casefold().endswith(".zip") and depth < self.limits.nested_zip_depth:
@@ -207,6 +251,15 @@ class _Run:
         if self.on_file is not None:
             self.on_file(extracted)
         return None
+
+    def create(self, path: Path) -> BinaryIO:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "xb")  # noqa: SIM115 - "x" never overwrites; copy() closes it
+
+    def made_name(self, prefix: tuple[str, ...]) -> tuple[str, ...]:
+        """Return a short name of the watcher's own for an entry whose name the file system cannot hold."""
+        self.renamed += 1
+        return self.place(prefix + (f"~entry{self.renamed:06d}",))
 
     def copy(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: BinaryIO, path: Path, arc: str) -> tuple[int, str]:
         digest, size, subject = hashlib.sha256(), 0, f"entry {_shown(arc)}"
@@ -230,8 +283,14 @@ class _Run:
                         if self.written >= self.next_disk_check:
                             self.next_disk_check += DISK_CHECK_EVERY
                             self.check_disk(0)
-                        out.write(chunk)
+                        try:
+                            out.write(chunk)
+                        except OSError as exc:
+                            raise local_error(exc, path.parent, f"write {subject}") from exc
                         digest.update(chunk)
+        except OSError as exc:  # closing (flushing) the file failed
+            path.unlink(missing_ok=True)
+            raise local_error(exc, path.parent, f"write {subject}") from exc
         except BaseException:
             path.unlink(missing_ok=True)  # a nested ZIP may fail alone; leave no partial file behind
             raise

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from zip2pacs import delivery
+from zip2pacs import zipstart
 from zip2pacs.config import parse_config
 from zip2pacs.daemon import run_once
 from zip2pacs.intake import list_zips
@@ -36,7 +36,11 @@ class RecordingSCP:
         ae = AE(ae_title="TESTPACS")
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
-        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self.handle), (evt.EVT_ESTABLISHED, self.count)])
+        self.server = ae.start_server(
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self.handle), (evt.EVT_ESTABLISHED, self.count)],
+        )
         self.port = self.server.server_address[1]
 
     def handle(self, event):
@@ -65,8 +69,20 @@ def scp():
 
 def make_config(root: Path, port: int, **behavior):
     raw = {
-        "dicom": {"peer_port": port, "peer_ae_title": "TESTPACS", "acse_timeout": 5, "dimse_timeout": 5, "network_timeout": 5},
-        "behavior": {"wait_zip_complete_seconds": 0, "retry_base_seconds": 60, **behavior},
+        "dicom": {
+            "peer_port": port,
+            "peer_ae_title": "TESTPACS",
+            "acse_timeout": 5,
+            "dimse_timeout": 5,
+            "network_timeout": 5,
+        },
+        # unreadable ZIPs are judged at once here; tests of the grace period set it
+        "behavior": {
+            "wait_zip_complete_seconds": 0,
+            "retry_base_seconds": 60,
+            "unreadable_zip_grace_seconds": 0,
+            **behavior,
+        },
         "limits": {"min_free_disk_mb": 0},
     }
     return parse_config(raw, root / "config.yaml")
@@ -136,9 +152,7 @@ def changed_copy_zip(root: Path, name: str, seed: int) -> Path:
     return zip_folder(source, root / "incoming" / name)
 
 
-@pytest.mark.parametrize(
-    ("policy", "sent_again"), [("uid_then_sha256", 0), ("uid_only", 0), ("sha256_only", 6)]
-)
+@pytest.mark.parametrize(("policy", "sent_again"), [("uid_then_sha256", 0), ("uid_only", 0), ("sha256_only", 6)])
 def test_changed_instance_follows_the_dedup_policy(tmp_path, scp, policy, sent_again):
     config = make_config(tmp_path, scp.port, dedup_policy=policy)
     study_zip(tmp_path, "a.zip", seed=3)
@@ -168,7 +182,7 @@ def test_corrupt_zip_is_quarantined_with_a_reason_and_never_deleted(tmp_path, sc
     assert outcome.state is ZipState.FAILED
     assert (config.failed_dir / "broken.zip").read_bytes().startswith(b"PK\x03\x04")
     reason = json.loads((config.failed_dir / "broken.zip.error.json").read_text())
-    assert "CorruptArchive" in reason["reason"]
+    assert "not a readable ZIP" in reason["reason"]
     assert scp.requests == 0
 
 
@@ -265,15 +279,15 @@ def test_one_association_carries_every_batch_of_a_zip(tmp_path, scp):
 def test_instances_sent_before_the_zip_hash_is_known_are_recorded_under_the_zip(tmp_path, scp, monkeypatch):
     config = make_config(tmp_path, scp.port, send_batch_size=1)
     _, uids = study_zip(tmp_path, "study.zip", seed=11)
-    hashing = delivery.sha256_file
+    hashing = zipstart.sha256_fd
     sent_some = threading.Event()
     scp.status_for = lambda ds: (sent_some.set(), 0x0000)[1]
 
-    def slow_hash(path):
+    def slow_hash(fd):
         sent_some.wait(10)  # the hash is known only after the first instance was stored
-        return hashing(path)
+        return hashing(fd)
 
-    monkeypatch.setattr(delivery, "sha256_file", slow_hash)
+    monkeypatch.setattr(zipstart, "sha256_fd", slow_hash)
     [outcome] = process_all(config)
 
     assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
@@ -281,7 +295,8 @@ def test_instances_sent_before_the_zip_hash_is_known_are_recorded_under_the_zip(
         [(zip_id, sha)] = db.execute("SELECT id, sha256 FROM zips").fetchall()
         owners = db.execute("SELECT zip_id, COUNT(*) FROM instances GROUP BY zip_id").fetchall()
     assert owners == [(zip_id, len(uids))]
-    assert sha == hashing(config.archive_dir / "study.zip")
+    with open(config.archive_dir / "study.zip", "rb") as archived:
+        assert sha == hashing(archived.fileno())
 
 
 def test_second_watcher_on_the_same_ledger_is_refused(tmp_path, scp):
@@ -304,7 +319,8 @@ def test_leftover_extraction_folders_are_removed_at_start_and_other_files_kept(t
 
 
 def test_retry_failed_moves_zips_back_and_the_next_run_tries_again(tmp_path, scp):
-    from zip2pacs.report import retry_failed, status_text
+    from zip2pacs.report import status_text
+    from zip2pacs.retry import retry_failed
 
     config = make_config(tmp_path, scp.port)
     zip_path, uids = study_zip(tmp_path, "study.zip", seed=10)
