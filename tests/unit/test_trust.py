@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import shutil
 import sqlite3
+import subprocess
+import time
+import zipfile
 
+import pytest
+from pydicom import dcmread
+
+from tests.integration.conftest import free_port
 from tests.unit.test_pipeline import RecordingSCP, make_config, process_all, scp, study_zip  # noqa: F401
+from zip2pacs import delivery, sender
+from zip2pacs.intake import list_zips
 from zip2pacs.ledger import Ledger, ZipState
 from zip2pacs.pipeline import Pipeline
+from zip2pacs.retry import backoff_delay
+from zip2pacs.synth import write_study
 
 
 def test_zip_replaced_under_its_name_while_sent_is_not_archived_unsent(tmp_path, scp):  # noqa: F811
@@ -58,3 +71,192 @@ def test_stray_deliveries_are_adopted_only_by_the_zip_that_made_them(tmp_path, s
 def pipeline_for(config):
     ledger = Ledger(config.state_db)
     return ledger, Pipeline(config, ledger)
+
+
+# --- 2: local I/O errors are no verdict; no instance is lost to its name ---------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A tmpfs with few inodes, as the work folder's file system (root only)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=16", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        if os.environ.get("CI") == "true" and os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs: {made.stderr.decode().strip()}")
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_running_out_of_inodes_while_extracting_leaves_the_zip_pending_not_archived(tmp_path, scp, tiny_disk):  # noqa: F811
+    config = make_config(tmp_path, scp.port)
+    config = dataclasses.replace(config, work_dir=tiny_disk / "work")
+    zip_path, uids = study_zip(tmp_path, "big.zip", seed=24, n_series=3, per_series=10, junk=False)
+
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.PENDING, outcome
+    assert zip_path.exists() and not any(config.archive_dir.glob("*.zip"))
+    assert str(tiny_disk / "work") in outcome.error and "inodes free" in outcome.error
+    assert outcome.counts.skipped == 0  # nothing was judged "not DICOM" for want of an inode
+    with Ledger(config.state_db) as ledger:
+        [(_name, _peer, attempts, next_retry, error)] = ledger.pending()
+        assert attempts == 1 and next_retry is not None and "No space left" in error
+
+
+def test_an_entry_whose_path_the_file_system_cannot_hold_is_still_delivered(tmp_path, scp):  # noqa: F811
+    config = make_config(tmp_path, scp.port)
+    source = tmp_path / "one"
+    [dicom] = write_study(source, seed=25, n_series=1, per_series=1, rows=8, cols=8)
+    deep = "/".join(["D" * 200] * 20) + "/IM0001"  # 4 KB: longer than a path may be
+    zip_path = config.watch_dir / "deep.zip"
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.write(dicom, deep)
+
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.DELIVERED, outcome
+    assert (outcome.counts.found, outcome.counts.sent, outcome.counts.skipped) == (1, 1, 0)
+    assert scp.stored == [str(dcmread(dicom).SOPInstanceUID)]
+
+
+# --- 4: a copy that stalls is not failed for good ---------------------------------------------------------
+
+
+def test_a_zip_whose_copy_stalled_stays_pending_and_is_delivered_once_complete(tmp_path, scp):  # noqa: F811
+    config = make_config(tmp_path, scp.port, unreadable_zip_grace_seconds=600)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=26)
+    whole = zip_path.read_bytes()
+    zip_path.write_bytes(whole[: len(whole) // 2])  # the copy paused half way
+
+    [first] = process_all(config)
+    assert first.state is ZipState.PENDING and "still being copied" in first.error
+    assert not list(config.failed_dir.glob("*")) and zip_path.exists()
+
+    zip_path.write_bytes(whole)  # the copy resumed and finished
+    [second] = process_all(config)
+    assert second.state is ZipState.DELIVERED
+    assert sorted(scp.stored) == sorted(uids)
+
+
+def test_an_unreadable_zip_unchanged_for_the_grace_period_is_failed(tmp_path, scp):  # noqa: F811
+    config = make_config(tmp_path, scp.port, unreadable_zip_grace_seconds=600)
+    (config.watch_dir).mkdir(parents=True, exist_ok=True)
+    broken = config.watch_dir / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    [first] = process_all(config)
+    assert first.state is ZipState.PENDING
+    with sqlite3.connect(config.state_db) as db:  # the first look was ten minutes ago
+        db.execute("UPDATE zips SET first_seen = first_seen - 601")
+    [second] = process_all(config)
+    assert second.state is ZipState.FAILED and (config.failed_dir / "broken.zip").exists()
+
+
+# --- 7: a bug is not a verdict ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [TypeError("a code error"), OSError(errno.EMFILE, "Too many open files")])
+def test_an_unexpected_error_while_sending_leaves_the_zip_pending_with_its_history(
+    tmp_path,
+    scp,  # noqa: F811
+    monkeypatch,
+    caplog,
+    error,
+):
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=27)
+    real = sender._send_one
+    calls = []
+
+    def flaky(assoc, lane, instance, mode, message_id):
+        calls.append(instance.sop_instance_uid)
+        if len(calls) == 3:
+            raise error
+        return real(assoc, lane, instance, mode, message_id)
+
+    monkeypatch.setattr(sender, "_send_one", flaky)
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.PENDING, outcome
+    assert zip_path.exists() and not list(config.failed_dir.glob("*"))
+    with Ledger(config.state_db) as ledger:
+        [(_name, _peer, attempts, next_retry, _error)] = ledger.pending()
+        record = ledger.zip_by_file(zip_path.name, zip_path.stat().st_size, zip_path.stat().st_mtime, config.peer.key)
+        assert record is not None and len(ledger.history(record.id)) == 1
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == (1 if isinstance(error, TypeError) else 0)
+
+    monkeypatch.setattr(sender, "_send_one", real)
+    [again] = process_all(config)
+    assert again.state is ZipState.DELIVERED and sorted(set(scp.stored)) == sorted(uids)
+
+
+def test_an_unexpected_error_during_extraction_is_retried_with_back_off_not_failed(tmp_path, scp, monkeypatch, caplog):  # noqa: F811
+    config = make_config(tmp_path, scp.port, send_batch_size=1)
+    zip_path, _ = study_zip(tmp_path, "study.zip", seed=28)
+    real = delivery.detect
+    seen = []
+
+    def breaks_on_the_fourth(path, sha256, size):
+        seen.append(path)
+        if len(seen) == 4:
+            raise RuntimeError("a bug in detection")
+        return real(path, sha256, size)
+
+    monkeypatch.setattr(delivery, "detect", breaks_on_the_fourth)
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.PENDING and "RuntimeError" in outcome.error
+    assert "FileNotFoundError" not in caplog.text  # senders never lose their files under them
+    assert not list(config.failed_dir.glob("*")) and zip_path.exists()
+    with Ledger(config.state_db) as ledger:
+        [(_name, _peer, attempts, next_retry, _error)] = ledger.pending()
+        assert attempts == 1 and next_retry > time.time() + 30  # retry_base_seconds 60, not at once
+    assert len([r for r in caplog.records if r.exc_info]) == 1
+
+
+# --- 9: retry arithmetic and clock jumps --------------------------------------------------------------------
+
+
+def test_back_off_never_overflows_and_stays_within_its_bounds():
+    assert backoff_delay(1, 30, 1800) == 30
+    assert backoff_delay(3, 30, 1800) == 120
+    assert backoff_delay(5000, 1, 60) == 60
+
+
+def test_a_zip_retried_a_thousand_times_is_still_postponed(tmp_path):
+    config = make_config(tmp_path, free_port(), retry_base_seconds=1, retry_max_seconds=60)
+    zip_path, _ = study_zip(tmp_path, "study.zip", seed=29)
+    process_all(config)  # no peer: pending
+    with sqlite3.connect(config.state_db) as db:
+        db.execute("UPDATE zips SET attempts = 1100")
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.PENDING
+
+
+def test_a_wall_clock_set_forward_does_not_give_up_at_once(tmp_path):
+    config = make_config(tmp_path, free_port(), give_up_after_hours=24)
+    study_zip(tmp_path, "study.zip", seed=30)
+    process_all(config)
+    with sqlite3.connect(config.state_db) as db:  # the clock jumped two days ahead since the first attempt
+        db.execute("UPDATE zips SET first_seen = first_seen - 172800, updated = updated - 172800")
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.PENDING and not list(config.failed_dir.glob("*"))
+
+
+def test_a_wall_clock_set_back_does_not_stall_the_retry(tmp_path):
+    config = make_config(tmp_path, free_port())
+    study_zip(tmp_path, "study.zip", seed=31)
+    process_all(config)
+    with sqlite3.connect(config.state_db) as db:  # the clock went back a day: next_retry is now far away
+        db.execute("UPDATE zips SET next_retry = next_retry + 86400")
+    ledger, pipeline = pipeline_for(config)
+    with ledger:
+        [ready] = list_zips(config.watch_dir)
+        assert pipeline.due(ready)
+        assert pipeline.next_retry_in() <= config.retry_max_seconds + 1
