@@ -84,6 +84,9 @@ class Connection:
         self.accepted: dict[str, list[str]] = {}
         self.last_used = 0.0
         self.message_id = 0
+        self.answered = 0  # C-STORE responses on the current association
+        self.answered_ever = 0  # ... on any association of this connection
+        self.first_request_aborts = 0  # associations in a row that ended at their first C-STORE
 
     def __enter__(self) -> Connection:
         return self
@@ -105,42 +108,85 @@ class Connection:
     ) -> list[StoreResult]:
         """C-STORE the instances, at most 128 contexts per association; return results in input order.
 
-        Raise PeerUnavailable when the first association cannot be made; when a later one cannot,
-        or the peer aborts, the instances not yet answered are returned as TRANSIENT.
+        Raise PeerUnavailable when the first association cannot be made; when a later one cannot, the
+        instances not yet answered are returned as TRANSIENT. An instance during which the peer aborts is put
+        aside and the others go on a new association; sent again alone at the end, a second abort is its
+        verdict (PERMANENT), so one instance cannot hold the rest hostage. Two associations in a row aborted
+        at their first request mean the peer, not an instance: everything left is TRANSIENT.
         """
         results: dict[int, StoreResult] = {}
+        aborted: dict[int, str] = {}  # instances put aside: index -> how the association ended
 
         def record(index: int, result: StoreResult) -> None:
             results[index] = result
+            aborted.pop(index, None)
             LOGGER.debug("%s %s: %s", result.instance.sop_instance_uid, result.outcome.value, result.detail)
             if on_result is not None:
                 on_result(result)
 
-        for group in plan_groups(instances, policy=self.peer.decompress):
+        groups = plan_groups(instances, policy=self.peer.decompress)
+        retries = [Group((i,), g.contexts) for g in groups for i in g.indices]  # each instance alone, if needed
+        try:
+            for group in groups:
+                self._store_all(instances, group, record, results, aborted)
+            for group in retries:
+                if group.indices[0] in aborted:
+                    self._store_all(instances, group, record, results, aborted)
+        except _PeerWide as exc:
+            _give_up(instances, results, record, str(exc))
+        except PeerUnavailable as exc:
+            if not results and not aborted:
+                raise
+            _give_up(instances, results, record, str(exc))
+        return [results[i] for i in range(len(instances))]
+
+    def _store_all(
+        self,
+        instances: Sequence[Instance],
+        group: Group,
+        record: Callable[[int, StoreResult], None],
+        results: dict[int, StoreResult],
+        aborted: dict[int, str],
+    ) -> None:
+        """Send the group's instances not yet answered nor put aside, on as many associations as aborts need."""
+        retry = len(group.indices) == 1 and group.indices[0] in aborted
+        while todo := [i for i in group.indices if i not in results and (retry or i not in aborted)]:
             try:
                 assoc = self._association_for(group)
             except NothingAccepted:
-                for index in group.indices:
-                    instance = instances[index]
-                    detail = _no_context(instance, group, [], self.peer.decompress)
-                    record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
-                continue
-            except PeerUnavailable as exc:
-                if not results:
-                    raise
-                _give_up(instances, results, record, str(exc))
-                break
+                for index in todo:
+                    detail = _no_context(instances[index], group, [], self.peer.decompress)
+                    record(index, StoreResult(instances[index], Outcome.PERMANENT, None, detail))
+                return
             try:
-                _store_group(assoc, self.lane, instances, group, record, self)
-            except LaneClosed as exc:
-                LOGGER.warning("association with %s ended: %s", assoc.acceptor.ae_title, exc)
+                _store_group(assoc, self.lane, instances, todo, group, record, self)
+            except _Aborted as exc:
                 self.close(abort=True)
+                self._aborted(instances, exc, record, aborted)
+            except _PeerWide:
+                self.close(abort=True)
+                raise
             self.last_used = time.monotonic()
-            if any(i not in results for i in group.indices):
-                self.close()
-                _give_up(instances, results, record, "association aborted")
-                break
-        return [results[i] for i in range(len(instances))]
+
+    def _aborted(
+        self,
+        instances: Sequence[Instance],
+        exc: _Aborted,
+        record: Callable[[int, StoreResult], None],
+        aborted: dict[int, str],
+    ) -> None:
+        """Put the instance in flight aside, give it its verdict on a second abort, or stop when the peer is at fault."""
+        LOGGER.warning("association with %s ended: %s", self.peer.key, exc.why)
+        self.first_request_aborts = self.first_request_aborts + 1 if exc.first_request else 0
+        if exc.index in aborted:
+            why = f"the peer aborted the association twice while receiving this instance ({exc.why})"
+            record(exc.index, StoreResult(instances[exc.index], Outcome.PERMANENT, None, why))
+        else:
+            aborted[exc.index] = exc.why
+        if self.first_request_aborts >= 2:
+            if not self.answered_ever:
+                raise _PeerWide(_refusal_diagnosis(self.peer, exc.why))
+            raise _PeerWide(f"the peer aborted two associations in a row at their first C-STORE ({exc.why})")
 
     def next_message_id(self) -> int:
         self.message_id = self.message_id % 65535 + 1
@@ -156,7 +202,7 @@ class Connection:
         self.close()
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
         assoc = associate(self.peer, contexts)
-        self.assoc, self.proposed, self.message_id = assoc, frozenset(group.contexts), 0
+        self.assoc, self.proposed, self.message_id, self.answered = assoc, frozenset(group.contexts), 0, 0
         self.lane = open_lane(assoc, assoc.dimse_timeout)
         if self.lane is not None:
             self.lane.hold()
@@ -185,38 +231,76 @@ def _give_up(
             record(index, StoreResult(instance, Outcome.TRANSIENT, None, detail))
 
 
+class _Aborted(Exception):
+    """The association ended while ``index`` was sent (``first_request``: before any response on it)."""
+
+    def __init__(self, index: int, why: str, first_request: bool):
+        super().__init__(why)
+        self.index, self.why, self.first_request = index, why, first_request
+
+
+class _PeerWide(Exception):
+    """The peer, not one instance, ends the associations: nothing more is sent in this attempt."""
+
+
+# Exceptions that mean a bug of this program, not something wrong with the file: never a verdict on it.
+_BUGS = (TypeError, AttributeError, NameError, AssertionError, ImportError, RecursionError)
+
+
 def _store_group(
     assoc: Association,
     lane: Lane | None,
     instances: Sequence[Instance],
+    todo: Sequence[int],
     group: Group,
     record: Callable[[int, StoreResult], None],
     connection: Connection,
 ) -> None:
-    """Send the group's instances over `assoc`; raise LaneClosed when the association cannot go on."""
+    """Send these instances of the group over `assoc`; raise _Aborted when the association ends."""
     accepted, policy = connection.accepted, connection.peer.decompress
-    for index in group.indices:
-        if lane is None and not assoc.is_established:
-            return
+    for index in todo:
         instance = instances[index]
         mode = choose(instance, accepted, policy)
         if mode is None:
             detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
+        first_request = connection.answered == 0
         try:
             code, comment = _send_one(assoc, lane, instance, mode, connection.next_message_id())
         except LaneClosed as exc:
-            # The rest of the group is given up by store(); this one may or may not have arrived.
-            record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
-            raise
-        except Exception as exc:  # one unreadable or unencodable file must not stop the batch
-            if lane is None and not assoc.is_established:
-                return
+            if isinstance(exc.__cause__, TimeoutError):  # a peer that stalls is struggling: stop, retry later
+                record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))
+                raise _PeerWide("association aborted") from exc
+            raise _Aborted(index, str(exc), first_request) from exc
+        except OSError as exc:  # this machine: a file locked or removed, too many open files
+            why = f"cannot read the file ({mode.value}): {exc.strerror or exc}"
+            record(index, StoreResult(instance, Outcome.TRANSIENT, None, why))
+            continue
+        except _BUGS as exc:
+            record(index, StoreResult(instance, Outcome.TRANSIENT, None, f"unexpected error: {type(exc).__name__}"))
+            raise  # the attempt stops; the ZIP stays pending and the traceback is logged once
+        except Exception as exc:  # pydicom cannot read, decode or encode this file: a verdict on the file
             detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
+        if code is None and lane is None:  # pynetdicom's send_c_store() returns no status when aborted
+            raise _Aborted(index, "no response (association aborted or dimse_timeout)", first_request)
+        connection.answered += 1
+        connection.answered_ever += 1
+        connection.first_request_aborts = 0
         record(index, _result(instance, code, comment, mode))
+
+
+def _refusal_diagnosis(peer: Peer, why: str) -> str:
+    """Say what most likely makes a peer abort every association at its first C-STORE, before any response."""
+    me = peer.local_ae_title
+    return (
+        f"the peer aborted the association at the first C-STORE request, twice, before any response ({why}): "
+        f"it most likely does not allow our AE title {me} to store. On Orthanc, add {me} to DicomModalities "
+        f'(e.g. "watcher": ["{me}", "<this machine\'s address>", 104]) or set "DicomAlwaysAllowStore": true, '
+        f"then restart Orthanc; on another PACS, register {me} as a sending AE title"
+    )
 
 
 def _send_one(
