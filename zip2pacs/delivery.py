@@ -229,6 +229,10 @@ class Delivery:
                     self.attempt.results.extend(results)
                 transient = [r.detail for r in results if r.outcome is Outcome.TRANSIENT]
                 if transient:
+                    # One line for the batch: a CD of 500 images must not give 500 warnings.
+                    LOGGER.warning(
+                        "%s: %d instance(s) not stored this time: %s", self.zip_name, len(transient), transient[0]
+                    )
                     self._halt(transient[0])  # keep the rest for the retry
 
     def _halt(self, reason: str) -> None:
@@ -256,5 +260,5 @@ class Delivery:
                 claim=self.start.claim.identity,
             )
         self.progress.update(1, i.size)
-        level = logging.DEBUG if r.outcome is Outcome.STORED else logging.WARNING
+        level = logging.DEBUG if r.outcome in (Outcome.STORED, Outcome.TRANSIENT) else logging.WARNING
         LOGGER.log(level, "%s: %s %s: %s", self.zip_name, i.sop_instance_uid, r.outcome.value, r.detail)
