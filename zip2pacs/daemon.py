@@ -97,7 +97,7 @@ def run_once(config: Config, stop: threading.Event | None = None, progress: Prog
         pipeline = Pipeline(config, ledger, stop, progress)
         troubled = Troubled(config)
         while not stop.is_set():
-            present = [z for z in list_zips(config.watch_dir) if z.path.name not in done]
+            present = [z for z in list_zips(config.watch_dir) if z.path.name not in done and not pipeline.kept(z)]
             if not present:
                 break
             for z in tracker.stable(present):
@@ -127,7 +127,7 @@ def run_forever(config: Config, stop: threading.Event, progress: Progress | None
                 for z in tracker.stable(list_zips(config.watch_dir)):
                     if stop.is_set():
                         break
-                    if pipeline.due(z) and troubled.due(z):
+                    if not pipeline.kept(z) and pipeline.due(z) and troubled.due(z):
                         troubled.process(pipeline, z)
                 waits = [config.poll_interval_seconds, tracker.seconds_to_next(), pipeline.next_retry_in()]
                 timeout = min(w for w in waits if w is not None)

@@ -63,10 +63,17 @@ MIGRATIONS: dict[int, str] = {
     # claim: the identity (device:inode:size:mtime_ns) of the ZIP file whose attempt stored an instance before
     # the ZIP's hash was known, so that only that file's record adopts it. tried_seconds: time spent trying,
     # measured between looks with each gap capped, so a clock jump neither gives up at once nor stalls.
+    # kept_files: delivered ZIPs left in the watch folder (behavior.move_zip_to_archive: false), by identity.
     3: """
     ALTER TABLE instances ADD COLUMN claim TEXT;
     CREATE INDEX instances_by_claim ON instances (claim) WHERE zip_id IS NULL;
-    ALTER TABLE zips ADD COLUMN tried_seconds REAL NOT NULL DEFAULT 0
+    ALTER TABLE zips ADD COLUMN tried_seconds REAL NOT NULL DEFAULT 0;
+    CREATE TABLE kept_files (
+        identity TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        zip_id INTEGER REFERENCES zips (id),
+        PRIMARY KEY (identity, peer)
+    )
     """,
 }
 HISTORY_KEPT = 50  # a ZIP retried every 30 min for days keeps its latest attempts only
@@ -251,6 +258,16 @@ class Ledger:
         """Return the ZIP's attempts that did not deliver, oldest first."""
         row = self._row("SELECT history FROM zips WHERE id=?", (zip_id,))
         return json.loads(row[0]) if row else []
+
+    def keep_file(self, identity: str, peer: str, zip_id: int | None) -> None:
+        """Remember a delivered ZIP file left in the watch folder, so that it is never taken again."""
+        self._rows(
+            "INSERT OR REPLACE INTO kept_files (identity, peer, zip_id) VALUES (?,?,?)", (identity, peer, zip_id)
+        )
+
+    def is_kept(self, identity: str, peer: str) -> bool:
+        """Return True for a delivered ZIP file left in the watch folder (known by its identity, not hashed)."""
+        return self._row("SELECT 1 FROM kept_files WHERE identity=? AND peer=?", (identity, peer)) is not None
 
     # --- instances ------------------------------------------------------------------------------
 

@@ -172,9 +172,20 @@ class Pipeline:
         grace = self.config.unreadable_zip_grace_seconds
         return grace == 0 or (record.attempts >= 2 and time.time() - record.first_seen >= grace)
 
+    def kept(self, z: ReadyZip) -> bool:
+        """Return True for a delivered ZIP left in the watch folder (``move_zip_to_archive: false``): not taken again."""
+        return not self.config.move_zip_to_archive and self.ledger.is_kept(z.identity, self.peer.key)
+
     def _move(self, z: ReadyZip, start: ZipStart, folder: Path) -> Path:
-        """Move the claimed ZIP into ``folder``; a file that replaced it under its name stays, as a new ZIP."""
+        """Move the claimed ZIP into ``folder``; a file that replaced it under its name stays, as a new ZIP.
+
+        With ``move_zip_to_archive: false`` a delivered ZIP stays where it is, remembered by its identity.
+        """
         claim = start.claim
+        if folder == self.config.archive_dir and not self.config.move_zip_to_archive:
+            record = start.record or start.duplicate_of
+            self.ledger.keep_file(claim.identity, self.peer.key, record.id if record else None)
+            return z.path
         target, moved = move_claimed(z.path, claim.file, claim.identity, folder)
         if not moved:
             LOGGER.warning(

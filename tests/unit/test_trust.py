@@ -16,7 +16,8 @@ from pydicom import dcmread
 
 from tests.integration.conftest import free_port
 from tests.unit.test_pipeline import RecordingSCP, make_config, process_all, scp, study_zip  # noqa: F401
-from zip2pacs import delivery, sender
+from zip2pacs import delivery, sender, zipstart
+from zip2pacs.daemon import run_once
 from zip2pacs.intake import list_zips
 from zip2pacs.ledger import Ledger, ZipState
 from zip2pacs.pipeline import Pipeline
@@ -260,3 +261,23 @@ def test_a_wall_clock_set_back_does_not_stall_the_retry(tmp_path):
         [ready] = list_zips(config.watch_dir)
         assert pipeline.due(ready)
         assert pipeline.next_retry_in() <= config.retry_max_seconds + 1
+
+
+# --- issue 12: move_zip_to_archive: false (the original script's setting) -------------------------------------
+
+
+def test_a_delivered_zip_left_in_the_watch_folder_is_never_sent_extracted_or_hashed_again(tmp_path, scp, monkeypatch):  # noqa: F811
+    config = make_config(tmp_path, scp.port, move_zip_to_archive=False)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=32)
+    assert run_once(config) is True
+    assert zip_path.exists() and not any(config.archive_dir.glob("*.zip"))
+    assert sorted(scp.stored) == sorted(uids)
+
+    def no_hashing(fd):
+        raise AssertionError("a kept ZIP must not be hashed again")
+
+    monkeypatch.setattr(zipstart, "sha256_fd", no_hashing)
+    assert run_once(config) is True
+    assert len(scp.stored) == len(uids) and zip_path.exists()
+    with Ledger(config.state_db) as ledger:
+        assert ledger.zips_by_state() == {"delivered": 1}
