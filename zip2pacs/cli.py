@@ -14,12 +14,13 @@ from . import __version__, probe
 from .association import PeerUnavailable
 from .config import Config, ConfigError, load_config
 from .contexts import syntax_name
-from .daemon import AlreadyRunning, prepare_folders, run_forever, run_once
+from .daemon import AlreadyRunning, run_forever, run_once
 from .demo import run_demo
 from .ledger import Ledger
 from .probe import SHORT_SYNTAX_NAMES
 from .progress import LogProgress, TerminalProgress
-from .report import retry_failed, status_text
+from .report import status_text
+from .retry import retry_failed
 
 LOGGER = logging.getLogger("zip2pacs")
 
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config", type=Path, nargs="?", help="the YAML configuration file (see config.yaml)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--demo", action="store_true", help="deliver generated studies to an embedded PACS, no config needed")
+    mode.add_argument(
+        "--demo", action="store_true", help="deliver generated studies to an embedded PACS, no config needed"
+    )
     mode.add_argument("--once", action="store_true", help="deliver the ZIPs present now, then exit")
     mode.add_argument("--check", action="store_true", help="validate the configuration and C-ECHO the peer")
     mode.add_argument("--status", action="store_true", help="summarise the ledger: ZIPs by state, pending, failures")
@@ -62,8 +65,9 @@ def setup_logging(config: Config | None, level: str = "INFO") -> None:
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
-    # pynetdicom narrates every PDU at INFO; keep its warnings only unless debugging.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    # pynetdicom narrates every PDU at INFO; keep its warnings only unless debugging or asked for its lines.
+    debug = level == "DEBUG" or (config is not None and config.log_pynetdicom_debug)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def demo() -> int:
@@ -96,6 +100,25 @@ def install_signal_handlers(stop: threading.Event) -> None:
         signal.signal(signal.SIGHUP, reopen_logs)
 
 
+def create_folders(config: Config) -> list[str]:
+    """Create the configured folders (and those of the ledger and log file); return a problem for each that fails."""
+    wanted = {
+        "paths.watch_dir": config.watch_dir,
+        "paths.work_dir": config.work_dir,
+        "paths.archive_dir": config.archive_dir,
+        "paths.failed_dir": config.failed_dir,
+        "paths.state_db": config.state_db.parent,
+        "logging.file": config.log_file.parent,
+    }
+    problems = []
+    for key, folder in wanted.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"At '{key}': cannot create the folder {folder} ({exc.strerror or exc})")
+    return problems
+
+
 def check(config: Config) -> int:
     """Print the configuration summary, then what one probing association learnt: echo, SOP classes, syntaxes."""
     peer = config.peer
@@ -114,8 +137,11 @@ def check(config: Config) -> int:
         return EXIT_UNDELIVERED
     finally:
         quiet.setLevel(level)
-    by = result.implementation or "the peer"
-    print(f"Association accepted in {result.association_seconds * 1000:.1f} ms by {by}")
+    implementation = f" (implementation {result.implementation})" if result.implementation else ""
+    milliseconds = result.association_seconds * 1000
+    print(
+        f"Association accepted by {peer.ae_title} at {peer.host}:{peer.port} in {milliseconds:.1f} ms{implementation}"
+    )
     if result.echo.ok:
         print(f"C-ECHO OK: round trip {result.echo.seconds * 1000:.1f} ms ({result.echo.detail})")
     else:
@@ -126,6 +152,10 @@ def check(config: Config) -> int:
     for support in result.classes:
         syntaxes = ", ".join(SHORT_SYNTAX_NAMES.get(ts, syntax_name(ts)) for ts in support.accepted) or "REFUSED"
         print(f"  {syntax_name(support.sop_class):<{width}}  {syntaxes}")
+    print(
+        f"Not verified: that the peer lets AE title {peer.local_ae_title} store "
+        "(Orthanc: DicomAlwaysAllowStore / DicomModalities); only a real C-STORE proves it."
+    )
     print(
         "Note: a successful echo does not prove the peer will store from this AE title "
         f"({peer.local_ae_title}); Orthanc, for one, answers C-ECHO from anyone but stores only as configured."
@@ -152,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        prepare_folders(config)
-    except OSError as exc:
-        print(f"Error: cannot create folder {exc.filename}: {exc.strerror} (check paths in {config.source})", file=sys.stderr)
+    problems = create_folders(config)
+    if problems:
+        print(f"Error: cannot create the folders configured in {config.source}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
         return check(config)
@@ -171,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     peer = config.peer
-    LOGGER.info("DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port)
+    LOGGER.info(
+        "DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port
+    )
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
     try:
         if args.once:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "a number greater than 0"
 
 
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "a number of seconds >= 0"
+
+
 def _ae_title(v: str) -> str | None:
     ok = 0 < len(v.strip()) <= 16 and "\\" not in v and v.isascii() and v.isprintable()
     return None if ok else "an AE title of 1-16 printable ASCII characters without backslash"
@@ -65,6 +70,7 @@ def _host(v: str) -> str | None:
 
 MB = 1024 * 1024
 
+# fmt: off
 KEYS: tuple[Key, ...] = (
     Key("paths", "watch_dir", "path", "incoming", "Folder watched for ZIP files."),
     Key("paths", "work_dir", "path", "work", "Temporary extraction folders, one per ZIP."),
@@ -87,17 +93,12 @@ KEYS: tuple[Key, ...] = (
     Key("tls", "key_file", "optional_path", "", "Its private key (PEM, unencrypted), when not inside cert_file."),
     Key("tls", "verify_hostname", "bool", True, "The peer's certificate must name dicom.peer_host."),
     Key("behavior", "poll_interval_seconds", "float", 10.0, "Rescan of watch_dir (safety net for lost events).", _positive),
-    Key(
-        "behavior",
-        "wait_zip_complete_seconds",
-        "float",
-        5.0,
-        "A ZIP is taken once its size and mtime are unchanged this long.",
-        lambda v: None if v >= 0 else "a number of seconds >= 0",
-    ),
+    Key("behavior", "wait_zip_complete_seconds", "float", 5.0, "A ZIP is taken once its size and mtime are unchanged this long.", _non_negative),
+    Key("behavior", "unreadable_zip_grace_seconds", "float", 600.0, "A ZIP that does not open as a ZIP is judged corrupt only after it has stayed unchanged this long (a copy may be paused); until then it is pending.", _non_negative),
     Key("behavior", "send_batch_size", "int", 25, "Instances handed to a sender at a time.", _int_range(1, 100_000)),
     Key("behavior", "dedup_policy", "choice", "uid_then_sha256", "How delivered instances are recognised.", choices=DEDUP_POLICIES),
     Key("behavior", "delete_extracted_after_upload", "bool", True, "Remove the extraction folder after a ZIP is done."),
+    Key("behavior", "move_zip_to_archive", "bool", True, "false: a delivered ZIP stays in the watch folder, recorded as delivered, and is never sent or re-extracted again."),
     Key("behavior", "retry_base_seconds", "float", 30.0, "First retry delay after a transient failure; doubles each time.", _positive),
     Key("behavior", "retry_max_seconds", "float", 1800.0, "Longest delay between retries.", _positive),
     Key("behavior", "give_up_after_hours", "float", 24.0, "A ZIP still undelivered this long after first seen moves to failed_dir.", _positive),
@@ -112,7 +113,11 @@ KEYS: tuple[Key, ...] = (
     Key("logging", "file", "path", "logs/uploader.log", "Log file."),
     Key("logging", "max_bytes", "int", 10 * MB, "Size at which the log file is rotated; 0 = never.", _int_range(0, 2**40)),
     Key("logging", "backup_count", "int", 5, "Rotated log files kept (uploader.log.1 ...).", _int_range(0, 1000)),
+    Key("logging", "enable_pynetdicom_debug", "bool", False, "Put pynetdicom's own debug lines in the log."),
 )
+# fmt: on
+FOLDER_KEYS = ("paths.watch_dir", "paths.work_dir", "paths.archive_dir", "paths.failed_dir")
+FILE_KEYS = ("paths.state_db", "logging.file")
 
 _EXPECTED = {
     "path": "a folder or file path",
@@ -135,9 +140,11 @@ class Config:
     max_associations: int
     poll_interval_seconds: float
     wait_zip_complete_seconds: float
+    unreadable_zip_grace_seconds: float
     send_batch_size: int
     dedup_policy: str
     delete_extracted_after_upload: bool
+    move_zip_to_archive: bool
     retry_base_seconds: float
     retry_max_seconds: float
     give_up_after_hours: float
@@ -147,11 +154,30 @@ class Config:
     log_file: Path
     log_max_bytes: int
     log_backup_count: int
+    log_pynetdicom_debug: bool
+
+
+def _fits_unquoted(kind: str, text: str) -> bool:
+    """Return True when ``text`` written without quotes would be read as a value of ``kind`` (bool, int, float)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    if kind == "bool" or isinstance(value, bool):
+        return kind == "bool" and isinstance(value, bool)
+    return isinstance(value, int if kind == "int" else (int, float))
+
+
+def _got(key: Key, value: Any) -> str:
+    """Return 'got X', saying so when X is a quoted number or boolean (a common slip: peer_port: "4242")."""
+    if key.kind in ("bool", "int", "float") and isinstance(value, str) and _fits_unquoted(key.kind, value):
+        return f"got the string {value!r} (remove the quotes)"
+    return f"got {value!r}"
 
 
 def _coerce(key: Key, value: Any, base: Path) -> tuple[Any, str | None]:
     """Return (value, problem); problem is 'expected X, got Y' or None."""
-    got = f"got {value!r}"
+    got = _got(key, value)
     if key.kind == "optional_path":
         if isinstance(value, str) and not value.strip():
             return None, None
@@ -197,8 +223,52 @@ def load_config(path: Path) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(path, [f"not valid YAML: {str(exc).splitlines()[0]}"]) from None
+        raise ConfigError(path, [_yaml_problem(exc)]) from None
     return parse_config(raw if raw is not None else {}, path)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Return PyYAML's complaint as one line that starts with where it is (1-based line and column)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return "not valid YAML: " + " ".join(str(exc).split())
+    mark, began = exc.problem_mark, exc.context_mark
+    text = f"At line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {exc.problem}"
+    if exc.context and began is not None:
+        return text + f" ({exc.context} that began at line {began.line + 1}, column {began.column + 1})"
+    return text + (f" ({exc.context})" if exc.context else "")
+
+
+def _kind_problem(key: str, path: Path) -> str | None:
+    """Return a problem when a folder key names a file, or a file key a folder, or either lies under a file."""
+    folder = key in FOLDER_KEYS
+    try:
+        if path.exists() and path.is_dir() != folder:
+            return f"At '{key}': expected a {'folder' if folder else 'file'}, got the {'file' if folder else 'folder'} {path}"
+        above = next((p for p in path.parents if p.exists()), None)
+    except OSError:  # unreadable: creating or opening it will say why
+        return None
+    if above is not None and not above.is_dir():
+        return f"At '{key}': expected a {'folder' if folder else 'file'}, got {path}, under the file {above}"
+    return None
+
+
+def _layout_problems(values: dict[str, Any]) -> list[str]:
+    """Return a problem for each path of the wrong kind and each folder that is or lies inside another one."""
+    keys = FOLDER_KEYS + FILE_KEYS  # folders first, so a folder is only ever compared with folders
+    problems = [p for key in keys if (p := _kind_problem(key, values[key]))]
+    # Symlinks, '..' and Windows drive paths all resolve to what the program will really use.
+    real = {key: Path(os.path.realpath(values[key])) for key in keys}
+    for i, key in enumerate(keys):
+        for other in keys[:i]:
+            kind = "file" if key in FILE_KEYS else "folder"
+            if real[key] == real[other]:
+                same = f"the same {kind}" if (key in FILE_KEYS) == (other in FILE_KEYS) else "the same path"
+                problems.append(f"At '{key}': expected a {kind} apart from {other}, got {values[key]}, {same}")
+            elif key in FOLDER_KEYS and real[key].is_relative_to(real[other]):
+                problems.append(f"At '{key}': expected a folder apart from {other}, got {values[key]}, inside it")
+            elif key in FOLDER_KEYS and real[other].is_relative_to(real[key]):
+                problems.append(f"At '{other}': expected a folder apart from {key}, got {values[other]}, inside it")
+    return problems
 
 
 def parse_config(raw: Any, source: Path) -> Config:
@@ -233,6 +303,8 @@ def parse_config(raw: Any, source: Path) -> Config:
         values[key.dotted] = coerced
     if not problems and values["behavior.retry_max_seconds"] < values["behavior.retry_base_seconds"]:
         problems.append("At 'behavior.retry_max_seconds': expected a number >= behavior.retry_base_seconds")
+    if all(values[key] is not None for key in FOLDER_KEYS + FILE_KEYS):
+        problems.extend(_layout_problems(values))
     tls = None
     if values["dicom.use_tls"] and not any(p.startswith("At 'tls.") for p in problems):
         if values["tls.ca_file"] is None:
@@ -270,9 +342,11 @@ def parse_config(raw: Any, source: Path) -> Config:
         max_associations=v["dicom.max_associations"],
         poll_interval_seconds=v["behavior.poll_interval_seconds"],
         wait_zip_complete_seconds=v["behavior.wait_zip_complete_seconds"],
+        unreadable_zip_grace_seconds=v["behavior.unreadable_zip_grace_seconds"],
         send_batch_size=v["behavior.send_batch_size"],
         dedup_policy=v["behavior.dedup_policy"],
         delete_extracted_after_upload=v["behavior.delete_extracted_after_upload"],
+        move_zip_to_archive=v["behavior.move_zip_to_archive"],
         retry_base_seconds=v["behavior.retry_base_seconds"],
         retry_max_seconds=v["behavior.retry_max_seconds"],
         give_up_after_hours=v["behavior.give_up_after_hours"],
@@ -288,4 +362,5 @@ def parse_config(raw: Any, source: Path) -> Config:
         log_file=v["logging.file"],
         log_max_bytes=v["logging.max_bytes"],
         log_backup_count=v["logging.backup_count"],
+        log_pynetdicom_debug=v["logging.enable_pynetdicom_debug"],
     )

@@ -18,7 +18,8 @@ from pydicom.uid import (
 
 def uid(*parts: object) -> str:
     """Return a UID derived from ``parts`` alone, so the same seed gives the same study."""
-    return generate_uid(entropy_srcs=[str(p) for p in parts])
+    # pydicom hashes its sources concatenated: the repr of the tuple keeps (1, 23) apart from (12, 3).
+    return generate_uid(entropy_srcs=[repr(tuple(str(p) for p in parts))])
 
 
 def ct_slice(

@@ -6,7 +6,13 @@ import io
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from zip2pacs.cli import main, setup_logging
 from zip2pacs.config import parse_config
@@ -109,10 +115,97 @@ def test_log_progress_logs_at_most_once_per_interval(caplog):
     assert [r.getMessage().split(":")[1].split()[0] for r in caplog.records] == ["10/100", "20/100"]
 
 
-def test_folder_that_cannot_be_created_is_a_config_error(tmp_path, capsys):
+def test_folder_under_a_file_is_a_config_error_naming_its_key(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     path = tmp_path / "config.yaml"
     path.write_text("paths:\n  watch_dir: afile/incoming\n")
     assert main([str(path), "--once"]) == 2
     err = capsys.readouterr().err
-    assert "cannot create folder" in err and "afile/incoming" in err and "Traceback" not in err
+    assert f"Error: invalid configuration in {path}:" in err
+    assert f"At 'paths.watch_dir': expected a folder, got {tmp_path / 'afile' / 'incoming'}, under the file " in err
+    assert "Traceback" not in err
+
+
+def test_folder_key_naming_an_existing_file_exits_2_naming_the_key(tmp_path, capsys):
+    (tmp_path / "archive").write_text("x")
+    path = tmp_path / "config.yaml"
+    path.write_text("")
+    assert main([str(path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert f"At 'paths.archive_dir': expected a folder, got the file {tmp_path / 'archive'}" in err
+    assert "File exists" not in err and "Traceback" not in err
+
+
+def test_folder_that_cannot_be_created_names_its_key_and_the_config_file(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"paths:\n  failed_dir: {'f' * 300}\n")  # longer than any file system allows a name
+    assert main([str(path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert f"Error: cannot create the folders configured in {path}:" in err
+    assert f"At 'paths.failed_dir': cannot create the folder {tmp_path / ('f' * 300)} (File name too long)" in err
+    assert "Traceback" not in err
+
+
+def test_archive_dir_equal_to_watch_dir_exits_2_before_anything_is_created(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text("paths:\n  archive_dir: incoming\n")
+    assert main([str(path), "--once"]) == 2
+    assert "At 'paths.archive_dir': expected a folder apart from paths.watch_dir" in capsys.readouterr().err
+    assert not (tmp_path / "incoming").exists()
+
+
+def _pynetdicom_level_after_setup(config_text: dict, tmp_path: Path) -> int:
+    config = parse_config(config_text, tmp_path / "config.yaml")
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level, logging.getLogger("pynetdicom").level
+    try:
+        setup_logging(config)
+        return logging.getLogger("pynetdicom").level
+    finally:
+        for h in list(root.handlers):
+            h.close()
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logging.getLogger("pynetdicom").setLevel(saved[2])
+
+
+def test_pynetdicom_debug_key_puts_pynetdicoms_own_debug_lines_in_the_log(tmp_path):
+    assert _pynetdicom_level_after_setup({"logging": {"enable_pynetdicom_debug": True}}, tmp_path) == logging.DEBUG
+
+
+def test_pynetdicom_stays_at_warning_by_default_and_follows_a_debug_level(tmp_path):
+    assert _pynetdicom_level_after_setup({}, tmp_path) == logging.WARNING
+    assert _pynetdicom_level_after_setup({"logging": {"level": "DEBUG"}}, tmp_path) == logging.DEBUG
+
+
+@pytest.fixture
+def ct_scp() -> Iterator[int]:
+    """A Storage SCP (AE title STORESCP) that accepts CT in explicit little endian; yield its port."""
+    ae = AE(ae_title="STORESCP")
+    ae.implementation_version_name = "TEST_SCP_1"
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        yield server.socket.getsockname()[1]
+    finally:
+        server.shutdown()
+
+
+def test_check_names_the_peer_and_says_what_it_could_not_verify(tmp_path, ct_scp, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"dicom: {{peer_port: {ct_scp}, peer_ae_title: STORESCP, acse_timeout: 5}}\n")
+
+    assert main([str(path), "--check"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith(f"Peer STORESCP at 127.0.0.1:{ct_scp} over plain TCP (no TLS)")
+    assert lines[3].startswith(f"Association accepted by STORESCP at 127.0.0.1:{ct_scp} in ")
+    assert lines[3].endswith(" ms (implementation TEST_SCP_1)")
+    table_end = max(i for i, line in enumerate(lines) if line.startswith("  "))
+    assert lines[table_end + 1] == (
+        "Not verified: that the peer lets AE title ZIPWATCHER store "
+        "(Orthanc: DicomAlwaysAllowStore / DicomModalities); only a real C-STORE proves it."
+    )
