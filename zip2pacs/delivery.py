@@ -151,10 +151,14 @@ class Delivery:
                     continue
                 name = self.attempt.names.get(first.instance.path, first.instance.path.name)
                 spare = self.attempt.names.get(second.instance.path, second.instance.path.name)
-                self._skip(
-                    name, f"could not be sent ({first.detail}); the same instance went from {spare}", logging.WARNING
+                # Counted once: the instance is sent (from the spare), the refused copy stays a duplicate.
+                LOGGER.warning(
+                    "%s: entry %s could not be sent (%s); the same instance went from %s",
+                    self.zip_name,
+                    name,
+                    first.detail,
+                    spare,
                 )
-                self.attempt.duplicates -= 1
                 self.attempt.results[n] = second
 
     # --- the extractor's side ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -64,10 +64,13 @@ MIGRATIONS: dict[int, str] = {
     # the ZIP's hash was known, so that only that file's record adopts it. tried_seconds: time spent trying,
     # measured between looks with each gap capped, so a clock jump neither gives up at once nor stalls.
     # kept_files: delivered ZIPs left in the watch folder (behavior.move_zip_to_archive: false), by identity.
+    # pending: instances not stored yet, to be tried again; duplicate_copies: copies of the ZIP archived since.
     3: """
     ALTER TABLE instances ADD COLUMN claim TEXT;
     CREATE INDEX instances_by_claim ON instances (claim) WHERE zip_id IS NULL;
     ALTER TABLE zips ADD COLUMN tried_seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE zips ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE zips ADD COLUMN duplicate_copies INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE kept_files (
         identity TEXT NOT NULL,
         peer TEXT NOT NULL,
@@ -107,16 +110,26 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Counts:
+    """What became of a ZIP's entries: each file entry is either ``skipped`` or ``found`` (a DICOM instance),
+    and each instance found is ``sent``, a ``duplicate``, ``failed`` (refused for good) or ``pending`` (not
+    stored yet, tried again). ``changed`` counts, among them, instances delivered before with other bytes.
+    """
+
     found: int = 0
     sent: int = 0
     duplicates: int = 0
     skipped: int = 0
     failed: int = 0
     changed: int = 0
+    pending: int = 0
 
     def summary(self) -> str:
-        """Return ``found 3, sent 2, duplicates 1, ...`` for the log."""
-        return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
+        """Return ``12 entries: 10 instances (sent 8, duplicates 1, failed 0, pending 1), skipped 2 ...`` for the log."""
+        text = (
+            f"{self.found + self.skipped} entries: {self.found} instances (sent {self.sent}, duplicates "
+            f"{self.duplicates}, failed {self.failed}, pending {self.pending}), skipped {self.skipped}"
+        )
+        return text + (f"; changed {self.changed}" if self.changed else "")
 
 
 _ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error, tried_seconds"
@@ -232,11 +245,11 @@ class Ledger:
             entries.append({"attempt": attempts, "at": at, "state": state.value, "error": error})
             self._rows("UPDATE zips SET history=? WHERE id=?", (json.dumps(entries[-HISTORY_KEPT:]), zip_id))
         self._rows(
-            "UPDATE zips SET state=?, found=?, sent=?, duplicates=?, skipped=?, failed=?, changed=?, "
+            "UPDATE zips SET state=?, found=?, sent=?, duplicates=?, skipped=?, failed=?, changed=?, pending=?, "
             "last_error=?, next_retry=?, final_path=?, updated=?, tried_seconds=tried_seconds+? WHERE id=?",
             (
                 state.value,
-                *astuple(counts),  # found, sent, duplicates, skipped, failed, changed
+                *astuple(counts),  # found, sent, duplicates, skipped, failed, changed, pending
                 error,
                 next_retry,
                 final_path,
@@ -337,9 +350,17 @@ class Ledger:
 
     # --- reports --------------------------------------------------------------------------------
 
+    def count_duplicate_copy(self, zip_id: int) -> None:
+        """Count one more copy of a delivered ZIP archived as a duplicate."""
+        self._rows("UPDATE zips SET duplicate_copies = duplicate_copies + 1 WHERE id=?", (zip_id,))
+
     def zips_by_state(self) -> dict[str, int]:
-        """Return how many ZIPs are in each state."""
-        return dict(self._rows("SELECT state, COUNT(*) FROM zips GROUP BY state"))
+        """Return how many ZIPs are in each state; copies archived as duplicates count as ``duplicate``."""
+        states = dict(self._rows("SELECT state, COUNT(*) FROM zips GROUP BY state"))
+        copies = self._rows("SELECT COALESCE(SUM(duplicate_copies), 0) FROM zips")[0][0]
+        if copies:
+            states["duplicate"] = states.get("duplicate", 0) + copies
+        return states
 
     def instance_count(self) -> int:
         """Return how many instance deliveries are recorded."""

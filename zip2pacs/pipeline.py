@@ -108,6 +108,7 @@ class Pipeline:
             known = start.duplicate_of
             assert known is not None
             target = self._move(z, start, self.config.archive_dir)
+            self.ledger.count_duplicate_copy(known.id)
             LOGGER.info(
                 "%s: duplicate of %s, already delivered to %s; archived as %s",
                 z.path.name,
@@ -119,8 +120,8 @@ class Pipeline:
         self.ledger.adopt_deliveries(record.id, self.peer.key, start.claim.identity)
         sent = a.count(Outcome.STORED) + a.count(Outcome.WARNING)
         permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
-        failed = len(permanent) + a.count(Outcome.TRANSIENT) + a.unsent
-        counts = Counts(a.found, sent, a.duplicates, a.skipped, failed, a.changed)
+        pending = a.count(Outcome.TRANSIENT) + a.unsent
+        counts = Counts(a.found, sent, a.duplicates, a.skipped, len(permanent), a.changed, pending)
         why_not_yet = self._no_verdict(z, a, record)
         if why_not_yet:
             return self._postpone(z, start, record, counts, why_not_yet, started)

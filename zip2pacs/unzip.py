@@ -242,8 +242,8 @@ class _Run:
             contents = self.place(rel[:-1] + (rel[-1] + ".contents",), as_dir=True)
             try:
                 self.archive(path, contents, arc + "/", depth + 1)
-            except CorruptArchive as exc:
-                self.skip(arc, f"nested ZIP could not be read, kept as a file: {exc}")
+            except CorruptArchive as exc:  # kept as a file: detection, by content, has the last word on it
+                LOGGER.debug("%s: nested ZIP %s could not be read, kept as a file: %s", self.zip_name, _shown(arc), exc)
             else:
                 path.unlink()
                 return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import shutil
 import sqlite3
@@ -14,6 +15,7 @@ import zipfile
 import pytest
 from pydicom import dcmread
 
+from tests.factories import junk_entries, zip_bytes
 from tests.integration.conftest import free_port
 from tests.unit.test_pipeline import RecordingSCP, make_config, process_all, scp, study_zip  # noqa: F401
 from zip2pacs import delivery, sender, zipstart
@@ -281,3 +283,39 @@ def test_a_delivered_zip_left_in_the_watch_folder_is_never_sent_extracted_or_has
     assert len(scp.stored) == len(uids) and zip_path.exists()
     with Ledger(config.state_db) as ledger:
         assert ledger.zips_by_state() == {"delivered": 1}
+
+
+# --- issue 12: counters that add up ---------------------------------------------------------------------------
+
+
+def test_every_entry_of_a_zip_lands_in_exactly_one_counter(tmp_path, scp):  # noqa: F811
+    config = make_config(tmp_path, scp.port)
+    source = tmp_path / "src" / "mixed"
+    files = write_study(source, seed=33, n_series=1, per_series=6, rows=8, cols=8)
+    refused = str(dcmread(files[0]).SOPInstanceUID)
+    scp.status_for = lambda ds: 0xC123 if str(ds.SOPInstanceUID) == refused else 0x0000
+    entries = {f"STUDY/IM{n}": f.read_bytes() for n, f in enumerate(files)}
+    entries["STUDY/COPY_OF_IM1"] = files[1].read_bytes()  # the same instance twice in the ZIP
+    entries["broken_inner.zip"] = b"PK\x03\x04 not a zip"  # a nested ZIP that does not open
+    entries.update(junk_entries())
+    zip_path = config.watch_dir / "mixed.zip"
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    zip_path.write_bytes(zip_bytes(entries))
+    file_entries = len(entries)
+
+    [outcome] = process_all(config)
+
+    c = outcome.counts
+    assert c.found + c.skipped == file_entries, c
+    assert c.found == c.sent + c.duplicates + c.failed + c.pending, c
+    assert (c.sent, c.duplicates, c.failed, c.pending) == (5, 1, 1, 0)
+    reason = json.loads((config.failed_dir / "mixed.zip.error.json").read_text())
+    assert reason["counts"] == dataclasses.asdict(c)
+
+
+def test_instances_never_attempted_are_pending_not_failed(tmp_path):
+    config = make_config(tmp_path, free_port())
+    study_zip(tmp_path, "study.zip", seed=34)
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.PENDING
+    assert (outcome.counts.failed, outcome.counts.pending) == (0, 6)
