@@ -41,6 +41,7 @@ class Attempt:
     unsent_reason: str = ""
     interrupted: bool = False  # a shutdown stopped the extraction: the ZIP was not seen whole
     archive_error: ArchiveError | None = None
+    total_bytes: int = 0  # uncompressed size of the ZIP's entries, from its central directories
     local_error: LocalError | None = None  # this machine failed: no verdict on the ZIP
     unexpected: BaseException | None = None  # a bug or an unforeseen condition: no verdict either
 
@@ -93,7 +94,12 @@ class Delivery:
             thread.start()
         try:
             extraction = extract_zip(
-                zip_path, work, self.config.limits, on_file=self._examine, file=self.start.claim.file
+                zip_path,
+                work,
+                self.config.limits,
+                on_file=self._examine,
+                file=self.start.claim.file,
+                on_listing=self._listed,
             )
             for arcname, reason in extraction.skipped:
                 self._skip(arcname, reason, logging.WARNING)
@@ -163,7 +169,16 @@ class Delivery:
 
     # --- the extractor's side ----------------------------------------------------------------------
 
-    def _skip(self, arcname: str, reason: str, level: int) -> None:
+    def _listed(self, files: int, nbytes: int) -> None:
+        """Take a (nested) ZIP's entries into the progress totals; a nested ZIP replaces its own entry."""
+        first = self.attempt.total_bytes == 0 and self.progress.total == 0
+        self.attempt.total_bytes += nbytes
+        self.progress.grow(files, nbytes)
+        if not first:
+            self.progress.update(1, 0)  # the nested ZIP's own entry: done, its entries are counted instead
+
+    def _skip(self, arcname: str, reason: str, level: int, size: int = 0) -> None:
+        self.progress.update(1, size)
         self.attempt.skipped += 1
         self.attempt.skipped_files.append((arcname, reason))
         LOGGER.log(level, "%s: entry %s not sent: %s", self.zip_name, arcname, reason)
@@ -179,7 +194,7 @@ class Delivery:
         inst = detection.instance
         if detection.kind is not Kind.INSTANCE or inst is None:
             level = logging.WARNING if detection.kind in (Kind.NO_UID, Kind.DAMAGED) else logging.DEBUG
-            self._skip(f.arcname, detection.reason or detection.kind.value, level)
+            self._skip(f.arcname, detection.reason or detection.kind.value, level, f.size)
             return
         self.attempt.found += 1
         decision = decide(self.ledger, self.peer.key, self.config.dedup_policy, inst, self.seen)
@@ -194,6 +209,7 @@ class Delivery:
                 "sent again" if decision.send else "not sent",
             )
         if not decision.send:
+            self.progress.update(1, f.size)
             self.attempt.duplicates += 1
             if decision.in_this_zip:
                 # Kept in case the first copy cannot be sent (real exports hold broken twins).
@@ -203,7 +219,6 @@ class Delivery:
             return
         self.seen.add(inst)
         self.attempt.queued += 1
-        self.progress.grow(1, inst.size)
         self.batch.append(inst)
         if len(self.batch) >= self.config.send_batch_size:
             self.batches.put(self.batch)  # blocks while the senders are behind: bounded memory and disk lead
@@ -263,6 +278,6 @@ class Delivery:
                 outcome=r.outcome.value,
                 claim=self.start.claim.identity,
             )
-        self.progress.update(1, i.size)
+        self.progress.update(1, i.size, sent=int(r.outcome in (Outcome.STORED, Outcome.WARNING)))
         level = logging.DEBUG if r.outcome in (Outcome.STORED, Outcome.TRANSIENT) else logging.WARNING
         LOGGER.log(level, "%s: %s %s: %s", self.zip_name, i.sop_instance_uid, r.outcome.value, r.detail)

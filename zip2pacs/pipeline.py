@@ -50,6 +50,7 @@ class Pipeline:
         self.ledger = ledger
         self.peer = config.peer
         self.stop = stop or threading.Event()
+        self._bytes = 0  # the attempt's uncompressed bytes, for the rates of its final line
 
     # --- scheduling ------------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class Pipeline:
 
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
         a = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress).run(z.path, work)
+        self._bytes = a.total_bytes or z.size
         try:
             record = start.begin()
         except OSError as exc:
@@ -263,15 +265,15 @@ class Pipeline:
         error: str = "",
         final_path: Path | None = None,
     ) -> ZipOutcome:
-        seconds = time.monotonic() - started
-        rate = counts.sent / seconds if seconds > 0 else 0.0
+        seconds = max(time.monotonic() - started, 1e-6)
+        # The same rates as the live progress line: instances sent, and uncompressed MB, per second.
         LOGGER.info(
             "%s: %s - %s, %.1f s (%.0f files/s, %.1f MB/s)",
             z.path.name,
             state.value,
             counts.summary(),
             seconds,
-            rate,
-            z.size / 1e6 / seconds if seconds > 0 else 0.0,
+            counts.sent / seconds,
+            self._bytes / 1e6 / seconds,
         )
         return ZipOutcome(z.path.name, state, counts, seconds, error, final_path)

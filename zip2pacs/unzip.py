@@ -112,6 +112,7 @@ def extract_zip(
     limits: Limits = Limits(),
     on_file: Callable[[ExtractedFile], None] | None = None,
     file: BinaryIO | None = None,
+    on_listing: Callable[[int, int], None] | None = None,
 ) -> Extraction:
     """Extract ``zip_path`` (read from ``file`` when given) into ``dest``, calling ``on_file`` as each file is closed.
 
@@ -119,13 +120,14 @@ def extract_zip(
     arcname is ``outer.zip/inner/entry``. Raise UnsafeArchive (or its DiskSpaceLow) when a limit is exceeded
     and CorruptArchive when the ZIP cannot be read; ``dest`` is then removed. Raise LocalError when this
     machine fails (disk full, I/O error): that is no verdict on the ZIP, and what was extracted stays.
+    ``on_listing(files, bytes)`` is told each (nested) ZIP's file entries and uncompressed size before extraction.
     """
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise local_error(exc, dest.parent, "create the extraction folder") from exc
-    run = _Run(zip_path.name, dest, limits, on_file)
+    run = _Run(zip_path.name, dest, limits, on_file, on_listing)
     try:
         run.archive(file or zip_path, prefix=(), label="", depth=0)
     except ArchiveError:
@@ -137,8 +139,16 @@ def extract_zip(
 class _Run:
     """The state of one extraction, shared across nested ZIPs so that limits apply to the total."""
 
-    def __init__(self, zip_name: str, dest: Path, limits: Limits, on_file: Callable[[ExtractedFile], None] | None):
+    def __init__(
+        self,
+        zip_name: str,
+        dest: Path,
+        limits: Limits,
+        on_file: Callable[[ExtractedFile], None] | None,
+        on_listing: Callable[[int, int], None] | None = None,
+    ):
         self.zip_name, self.dest, self.limits, self.on_file = zip_name, dest, limits, on_file
+        self.on_listing = on_listing
         self.real_dest = dest.resolve()
         self.files: list[ExtractedFile] = []
         self.skipped: list[tuple[str, str]] = []
@@ -161,6 +171,9 @@ class _Run:
         with zf:
             infos = zf.infolist()
             self.check_declared(infos, label, subject)
+            if self.on_listing is not None:
+                files = [i for i in infos if not (i.filename.endswith("/") or stat.S_ISDIR(i.external_attr >> 16))]
+                self.on_listing(len(files), sum(i.file_size for i in files))
             for info in infos:
                 self.entry(zf, info, prefix, label + _decode_name(info), depth)
 
