@@ -19,8 +19,9 @@ from pynetdicom import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import STATUS_SUCCESS, code_to_category
 
-from .association import Peer, associate
+from .association import associate
 from .contexts import Context
+from .peer import Peer
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 

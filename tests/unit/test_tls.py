@@ -14,7 +14,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from tests.certificates import Pki, make_pki
 from tests.unit.test_sender import make_dicom
-from zip2pacs.association import Peer, PeerUnavailable
+from zip2pacs.association import LANE_SWITCH, Peer, PeerUnavailable
 from zip2pacs.cli import main
 from zip2pacs.config import ConfigError, parse_config
 from zip2pacs.probe import echo, probe
@@ -65,14 +65,22 @@ def tls_peer(port: int, ca_file: Path, **settings: object) -> Peer:
     return Peer(port=port, ae_title="TLSSCP", tls=TlsSettings(ca_file, **settings), **timeouts)  # type: ignore[arg-type]
 
 
-def test_store_over_tls_delivers_to_a_peer_whose_certificate_the_ca_signed(tmp_path, pki, tls_scp) -> None:
+@pytest.mark.parametrize("way", ["lane", "fallback"])
+def test_store_over_tls_delivers_to_a_peer_whose_certificate_the_ca_signed(
+    tmp_path, pki, tls_scp, monkeypatch, way: str
+) -> None:
+    if way == "fallback":
+        monkeypatch.setenv(LANE_SWITCH, "0")  # pynetdicom's send_c_store() speaks TLS instead
     port, received = tls_scp()
     instances = [make_dicom(tmp_path, CTImageStorage) for _ in range(3)]
 
     with Connection(tls_peer(port, pki.ca_file)) as connection:
         results = connection.store(instances)
-        assert connection.lane is not None
-        assert isinstance(connection.lane.sock, ssl.SSLSocket)  # the lane itself speaks TLS
+        if way == "lane":
+            assert connection.lane is not None
+            assert isinstance(connection.lane.sock, ssl.SSLSocket)  # the lane itself speaks TLS
+        else:
+            assert connection.lane is None
 
     assert [r.outcome for r in results] == [Outcome.STORED] * 3, results[0].detail
     assert received == [i.sop_instance_uid for i in instances]
