@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import legacy
 from .config import Config
 from .intake import ReadyZip, StabilityTracker, list_zips, start_observer
 from .ledger import Ledger, ZipState
@@ -32,10 +33,20 @@ def prepare_folders(config: Config) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
+_LENT: set[str] = set()  # lock files this process holds for the single_instance() calls made inside
+
+
 @contextmanager
-def single_instance(config: Config) -> Iterator[None]:
-    """Hold an exclusive lock beside the ledger for as long as the watcher runs; raise AlreadyRunning if taken."""
+def single_instance(config: Config, lend: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock beside the ledger for as long as the watcher runs; raise AlreadyRunning if taken.
+
+    With ``lend`` the lock is taken only, and granted to the calls made inside, which then remove what an
+    interrupted run left: the command takes it before it opens the log file that a running watcher writes.
+    """
     path = config.state_db.with_name(config.state_db.name + ".lock")
+    if str(path) in _LENT:
+        yield from _clean_and_hold(config)
+        return
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,9 +58,31 @@ def single_instance(config: Config) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        for leftover in clean_leftovers(config.work_dir):
-            LOGGER.info("Removed %s, left by an interrupted run", leftover)
-        yield
+        if not lend:
+            yield from _clean_and_hold(config)
+            return
+        _LENT.add(str(path))
+        try:
+            yield
+        finally:
+            _LENT.discard(str(path))
+
+
+def _clean_and_hold(config: Config) -> Iterator[None]:
+    for leftover in clean_leftovers(config.work_dir):
+        LOGGER.info("Removed %s, left by an interrupted run", leftover)
+    yield
+
+
+@contextmanager
+def open_ledger(config: Config) -> Iterator[Ledger]:
+    """Open the ledger; the first time it is the original script's state file, back it up and import its history."""
+    backup = legacy.backup_if_original(config.state_db)  # before the ledger adds its tables to that file
+    with Ledger(config.state_db) as ledger:
+        counts = legacy.import_original(ledger, config.peer.key)
+        if counts is not None:
+            LOGGER.info("%s", counts.message(backup))
+        yield ledger
 
 
 class Troubled:
@@ -93,7 +126,7 @@ def run_once(config: Config, stop: threading.Event | None = None, progress: Prog
     tracker = StabilityTracker(config.wait_zip_complete_seconds)
     all_delivered = True
     done: set[str] = set()
-    with single_instance(config), Ledger(config.state_db) as ledger:
+    with single_instance(config), open_ledger(config) as ledger:
         pipeline = Pipeline(config, ledger, stop, progress)
         troubled = Troubled(config)
         while not stop.is_set():
@@ -120,7 +153,7 @@ def run_forever(config: Config, stop: threading.Event, progress: Progress | None
     wake = threading.Event()
     observer = start_observer(config.watch_dir, wake, config.observer, min(config.poll_interval_seconds, 2.0))
     try:
-        with single_instance(config), Ledger(config.state_db) as ledger:
+        with single_instance(config), open_ledger(config) as ledger:
             pipeline = Pipeline(config, ledger, stop, progress)
             troubled = Troubled(config)
             while not stop.is_set():

@@ -72,9 +72,11 @@ class Delivery:
         zip_name: str,
         stop: threading.Event,
         progress: Progress,
+        hash_first: bool = False,
     ):
         self.config, self.ledger, self.start, self.zip_name = config, ledger, start, zip_name
         self.stop, self.progress = stop, progress
+        self.hash_first = hash_first  # send nothing before the ZIP's hash says it is not a delivered one
         self.peer = config.peer
         self.attempt = Attempt()
         self.seen = Seen()
@@ -231,6 +233,8 @@ class Delivery:
             while (batch := self.batches.get()) is not None:
                 if self.stop.is_set():
                     self._halt("stopped before sending everything")
+                if self.hash_first and not self.halt.is_set() and self._delivered_before():
+                    self._halt("the ZIP was delivered before")
                 if self.halt.is_set():
                     continue  # drain, so the extractor never blocks; these stay unsent
                 try:
@@ -253,6 +257,13 @@ class Delivery:
                         "%s: %d instance(s) not stored this time: %s", self.zip_name, len(transient), transient[0]
                     )
                     self._halt(transient[0])  # keep the rest for the retry
+
+    def _delivered_before(self) -> bool:
+        """Wait for the ZIP's hash; return True when it shows a ZIP delivered before (unreadable: let it go on)."""
+        try:
+            return self.start.begin() is None
+        except OSError:
+            return False
 
     def _halt(self, reason: str) -> None:
         with self.lock:

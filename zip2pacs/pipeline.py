@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import legacy
 from .config import Config
 from .delivery import Attempt, Delivery
 from .intake import ReadyZip
@@ -51,6 +52,8 @@ class Pipeline:
         self.peer = config.peer
         self.stop = stop or threading.Event()
         self._bytes = 0  # the attempt's uncompressed bytes, for the rates of its final line
+        # ZIPs imported from the original script are known by their hash alone: wait for it before sending.
+        self.hash_first = legacy.has_zips_known_only_by_hash(ledger, self.peer.key)
 
     # --- scheduling ------------------------------------------------------------------------------
 
@@ -100,7 +103,8 @@ class Pipeline:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
-        a = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress).run(z.path, work)
+        delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first)
+        a = delivery.run(z.path, work)
         self._bytes = a.total_bytes or z.size
         try:
             record = start.begin()

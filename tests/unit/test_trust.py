@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 import zipfile
 
@@ -319,3 +321,53 @@ def test_instances_never_attempted_are_pending_not_failed(tmp_path):
     [outcome] = process_all(config)
     assert outcome.state is ZipState.PENDING
     assert (outcome.counts.failed, outcome.counts.pending) == (0, 6)
+
+
+# --- issue 12: the original script's state file ------------------------------------------------------------------
+
+ORIGINAL_SCHEMA = """
+CREATE TABLE processed_zip (zip_sha256 TEXT PRIMARY KEY, zip_name TEXT, processed_at TIMESTAMP);
+CREATE TABLE uploaded_objects (sop_instance_uid TEXT, file_sha256 TEXT, zip_sha256 TEXT, file_path TEXT,
+    status TEXT, uploaded_at TIMESTAMP, PRIMARY KEY (sop_instance_uid, file_sha256));
+"""
+
+
+def original_state(path, zips=(), objects=()):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.executescript(ORIGINAL_SCHEMA)
+        db.executemany("INSERT INTO processed_zip VALUES (?, ?, CURRENT_TIMESTAMP)", zips)
+        db.executemany("INSERT INTO uploaded_objects VALUES (?, ?, ?, ?, ?, CURRENT_TIMESTAMP)", objects)
+    db.close()
+
+
+def test_instances_the_original_script_uploaded_are_duplicates_and_nothing_is_sent(tmp_path, scp):  # noqa: F811
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=36)
+    rows = [(u, "ab" * 32, "cd" * 32, f"/mnt/e/work/x/{n}.dcm", "OK", ) for n, u in enumerate(uids)]  # fmt: skip
+    rows.append(("9.9.9", "ef" * 32, "cd" * 32, "/mnt/e/work/x/fail.dcm", "FAIL"))
+    original_state(config.state_db, zips=[("cd" * 32, "old.zip")], objects=rows)
+
+    assert run_once(config) is True
+
+    assert scp.requests == 0 and (config.archive_dir / "study.zip").exists()
+    assert list(config.state_db.parent.glob("*.before-upgrade")), "a backup of the original file is made first"
+
+
+def test_a_zip_the_original_script_knew_only_by_its_hash_sends_nothing(tmp_path, scp, monkeypatch):  # noqa: F811
+    config = make_config(tmp_path, scp.port, send_batch_size=1)
+    zip_path, _ = study_zip(tmp_path, "study.zip", seed=37)
+    sha = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    original_state(config.state_db, zips=[(sha, "study.zip")])
+    stored = threading.Event()
+    scp.status_for = lambda ds: (stored.set(), 0x0000)[1]
+    hashing = zipstart.sha256_fd
+
+    def slow_hash(fd):  # the hash comes late: the first batch is ready long before
+        stored.wait(2)
+        return hashing(fd)
+
+    monkeypatch.setattr(zipstart, "sha256_fd", slow_hash)
+    assert run_once(config) is True
+
+    assert scp.requests == 0 and (config.archive_dir / "study.zip").exists()
