@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from .association import Peer
 from .contexts import Decompress
 from .paths import resolve_path
+from .peer import Peer
 from .tls import TlsSettings
 from .tls import problems as tls_problems
 from .unzip import Limits

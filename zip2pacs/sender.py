@@ -266,6 +266,7 @@ def _store_group(
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
         first_request = connection.answered == 0
+        began = time.monotonic()
         try:
             code, comment = _send_one(assoc, lane, instance, mode, connection.next_message_id())
         except LaneClosed as exc:
@@ -284,8 +285,12 @@ def _store_group(
             detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
-        if code is None and lane is None:  # pynetdicom's send_c_store() returns no status when aborted
-            raise _Aborted(index, "no response (association aborted or dimse_timeout)", first_request)
+        if code is None and lane is None:  # pynetdicom's send_c_store() returns no status, aborted or timed out
+            if time.monotonic() - began >= (assoc.dimse_timeout or 0):  # a peer that stalls: stop, retry later
+                why = f"no response within {assoc.dimse_timeout:g} s (dimse_timeout)"
+                record(index, StoreResult(instance, Outcome.TRANSIENT, None, why))
+                raise _PeerWide("association aborted")
+            raise _Aborted(index, "the peer aborted the association (no response)", first_request)
         connection.answered += 1
         connection.answered_ever += 1
         connection.first_request_aborts = 0
@@ -317,6 +322,7 @@ def _send_one(
             instance.transfer_syntax,
             instance.path,
             instance.data_offset,
+            instance.data_end,
             message_id,
         )
         return response.status, response.error_comment

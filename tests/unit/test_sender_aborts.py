@@ -10,7 +10,7 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from tests.unit.test_sender import UNCOMPRESSED, make_dicom
+from tests.unit.test_sender import UNCOMPRESSED, make_dicom, way  # noqa: F401 - both ways: lane and fallback
 from zip2pacs.association import Peer
 from zip2pacs.sender import Outcome, store
 
