@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
@@ -27,6 +31,9 @@ from pydicom.uid import (
 from .sniff import SYNTAX_BY_ENCODING, Instance
 
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"})
 
 # Syntaxes pydicom can re-encode into one another losslessly (deflated is inflated on reading).
 LITTLE_ENDIAN = (
@@ -110,12 +117,17 @@ def why_not_decompressed(transfer_syntax: str, policy: Decompress) -> str:
 def needed_contexts(
     sop_class: str, transfer_syntax: str, policy: Decompress = Decompress.LOSSLESS
 ) -> tuple[Context, ...]:
-    """Return the contexts that give an instance of this SOP class and syntax a way to go under the policy."""
+    """Return the contexts that give an instance of this SOP class and syntax a way to go under the policy.
+
+    Each syntax a file may go in as it is has a context of its own: a peer given (implicit, explicit) in one
+    context picks one of them, and a file in the other would have to be re-encoded.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        # Deflated data goes inflated, re-encoded whatever the peer picks: one context is enough.
+        return (Context(sop_class, UNCOMPRESSED),)
     if transfer_syntax in LITTLE_ENDIAN:
-        # Deflated data goes inflated: the file's deflated bytes cannot be streamed as they are.
-        own = ExplicitVRLittleEndian if transfer_syntax == DeflatedExplicitVRLittleEndian else transfer_syntax
-        other = ImplicitVRLittleEndian if own == ExplicitVRLittleEndian else ExplicitVRLittleEndian
-        return (Context(sop_class, (own, other)),)
+        other = ImplicitVRLittleEndian if transfer_syntax == ExplicitVRLittleEndian else ExplicitVRLittleEndian
+        return Context(sop_class, (transfer_syntax,)), Context(sop_class, (other,))
     if transfer_syntax == ExplicitVRBigEndian:
         # pydicom does not byte-swap OW pixel data when re-encoding, so big endian goes as it is.
         return (Context(sop_class, (transfer_syntax,)),)
@@ -136,6 +148,9 @@ def plan_groups(
         members, needs = by_class.setdefault(instance.sop_class_uid, ([], {}))
         members.append(index)
         needs.update(dict.fromkeys(needed_contexts(instance.sop_class_uid, instance.transfer_syntax, policy)))
+    for sop_class, (_, needs) in by_class.items():
+        if all(Context(sop_class, (syntax,)) in needs for syntax in UNCOMPRESSED):
+            needs.pop(Context(sop_class, UNCOMPRESSED), None)  # either syntax has a context of its own already
 
     groups: list[Group] = []
     indices: list[int] = []
@@ -171,16 +186,97 @@ def payload(instance: Instance, mode: Mode) -> str | Dataset:
     """Return what send_c_store() gets: the file's path to stream, or a data set to encode.
 
     Only a ``faithful`` instance is streamed: detection found its file meta in agreement with the data set,
-    so the C-STORE carries the data set's own SOP class, instance and transfer syntax.
+    so the C-STORE carries the data set's own SOP class, instance and transfer syntax. send_c_store()
+    streams a file to its end, so a file with bytes after its data set goes as a data set.
     """
-    if mode is Mode.STREAM:
+    if mode is Mode.STREAM and instance.data_end in (None, instance.path.stat().st_size):
         return str(instance.path)
     return _dataset(instance, mode)
 
 
+class _Upto(io.RawIOBase):
+    """A file that ends at `end`: pydicom must not read the bytes after the data set as elements."""
+
+    def __init__(self, file: io.BufferedReader, end: int):
+        self.file, self.end, self.name = file, end, file.name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self.file.readinto(memoryview(buffer)[: max(0, self.end - self.file.tell())])
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.file.seek(self.end + offset) if whence == io.SEEK_END else self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
+def _read(instance: Instance) -> Dataset:
+    """Read the instance with pydicom, up to where its data set ends."""
+    with instance.path.open("rb") as file:
+        if instance.data_end is None:
+            return dcmread(file, force=True)
+        return dcmread(io.BufferedReader(_Upto(file, instance.data_end)), force=True)
+
+
+def _pad_odd_values(dataset: Dataset) -> None:
+    """Pad every value of odd length to even (PS3.5 7.1.1), in sequences too.
+
+    pydicom writes a value it has not converted exactly as it read it, odd length and all.
+    """
+    for tag in list(dataset.keys()):
+        element = dataset.get_item(tag)
+        if _is_sequence(element):  # its length is worked out anew when it is written
+            for item in cast(DataElement, dataset[tag]).value or ():
+                _pad_odd_values(item)
+        elif element.is_raw:
+            raw = cast(RawDataElement, element)
+            value = raw.value or b""
+            if raw.length != _UNDEFINED and len(value) % 2:
+                vr = raw.VR or _dictionary_vr(int(tag))
+                dataset[tag] = raw._replace(value=value + (b" " if vr in _TEXT_VRS else b"\x00"), length=len(value) + 1)
+            elif raw.length == _UNDEFINED and int(tag) == _PIXEL_DATA:
+                dataset[tag] = raw._replace(value=_even_fragments(value))
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:  # a private or unknown tag
+        return "UN"
+
+
+def _is_sequence(element: DataElement | RawDataElement) -> bool:
+    if element.VR is not None:
+        return element.VR == "SQ"
+    # Implicit VR: a sequence is known from the dictionary, or from its undefined length.
+    tag = int(element.tag)
+    return tag != _PIXEL_DATA and (cast(RawDataElement, element).length == _UNDEFINED or _dictionary_vr(tag) == "SQ")
+
+
+def _even_fragments(value: bytes) -> bytes:
+    """Return encapsulated pixel data (items up to a sequence delimiter) with odd fragments padded by a NUL."""
+    out, position = bytearray(), 0
+    while position + 8 <= len(value):
+        head = value[position : position + 8]
+        length = int.from_bytes(head[4:8], "little")
+        if head[:4] != b"\xfe\xff\x00\xe0" or position + 8 + length > len(value):
+            return bytes(out) + value[position:]  # the delimiter, or bytes pydicom will judge
+        fragment = value[position + 8 : position + 8 + length] + b"\x00" * (length % 2)
+        out += head[:4] + len(fragment).to_bytes(4, "little") + fragment
+        position += 8 + length
+    return bytes(out) + value[position:]
+
+
 def _dataset(instance: Instance, mode: Mode) -> Dataset:
-    """Read the instance with pydicom and make its file meta agree with the dataset."""
-    ds = dcmread(instance.path, force=True)
+    """Read the instance with pydicom, pad its odd values and make its file meta agree with the dataset."""
+    ds = _read(instance)
+    _pad_odd_values(ds)
     if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
         ds.file_meta = FileMetaDataset()
     meta = ds.file_meta

@@ -12,6 +12,7 @@ association is then aborted through pynetdicom.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -21,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -40,6 +40,7 @@ _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _UNLIMITED_PDV = 1 << 20  # fragment size when the peer sets no maximum PDU length
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 _IDLE_DUL_DELAY = 0.05  # the DUL thread's nap while it has nothing to do but wait for the lane
+_GONE = "the peer closed the connection right after the association was set up"
 
 
 class LaneClosed(Exception):
@@ -89,46 +90,58 @@ class Lane:
     """Synchronous C-STORE exchanges over an association whose socket this thread holds between hold() and let_go()."""
 
     def __init__(self, assoc: Association, guard: threading.Lock, dimse_timeout: float | None):
+        """Raise LaneClosed when pynetdicom has closed the association's socket already (the peer went)."""
         self.assoc = assoc
         self.guard = guard
         self.dimse_timeout = dimse_timeout
-        self.sock: socket.socket = assoc.dul.socket.socket  # type: ignore[union-attr,assignment]
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if sock is None or sock.fileno() == -1 or not assoc.is_established:
+            raise LaneClosed(_GONE)
+        self.sock: socket.socket = sock
         peer_max = assoc.acceptor.maximum_length or 0
-        self.fragment = (peer_max - _PDV.size) if peer_max > _PDV.size else _UNLIMITED_PDV
+        # PS3.8 wants fragments of even length: an odd maximum (16383, say) leaves its last byte unused.
+        self.fragment = max(2, (peer_max - _PDV.size) & ~1) if peer_max else _UNLIMITED_PDV
         self.contexts: dict[tuple[str, str], int] = {}
         for cx in assoc.accepted_contexts:
             self.contexts.setdefault((str(cx.abstract_syntax), str(cx.transfer_syntax[0])), cx.context_id or 0)
         self._saved: tuple[float | None, float] = (None, 0.0)
+        self._held = False
 
     def hold(self) -> None:
-        """Take the socket: pause pynetdicom's reactor and keep its DUL thread from reading."""
+        """Take the socket: pause pynetdicom's reactor and keep its DUL thread from reading.
+
+        Raise LaneClosed when the peer is gone already (pynetdicom saw it close the connection).
+        """
         assoc = self.assoc
         assoc._reactor_checkpoint.clear()  # the reactor must not take our responses (as send_c_store does)
         while not assoc._is_paused:
             time.sleep(0.0001)
         self.guard.acquire()  # waits while the DUL thread is reading; then it reads no more
-        self._saved = (self.sock.gettimeout(), assoc.dul._run_loop_delay)
+        try:
+            if not assoc.is_established or self.sock.fileno() == -1:  # the DUL thread saw the peer go
+                raise LaneClosed(_GONE)
+            self._saved = (self.sock.gettimeout(), assoc.dul._run_loop_delay)
+            self.sock.settimeout(self.dimse_timeout)
+        except (OSError, LaneClosed) as exc:
+            self.guard.release()
+            assoc._reactor_checkpoint.set()
+            raise LaneClosed(_GONE) from exc
         assoc.dul._run_loop_delay = _IDLE_DUL_DELAY
-        self.sock.settimeout(self.dimse_timeout)
+        self._held = True
 
     def let_go(self, abort: bool = False) -> None:
-        """Give the socket back to pynetdicom; abort the association through it when `abort`."""
-        timeout, delay = self._saved
-        with contextlib.suppress(OSError):  # closed already
-            self.sock.settimeout(timeout)
-        self.assoc.dul._run_loop_delay = delay
-        self.assoc.dul._idle_timer.restart()  # the DUL saw no traffic while we held the socket
-        self.guard.release()
-        self.assoc._reactor_checkpoint.set()
+        """Give the socket back to pynetdicom, if held; abort the association through it when `abort`."""
+        if self._held:
+            self._held = False
+            timeout, delay = self._saved
+            with contextlib.suppress(OSError):  # closed already
+                self.sock.settimeout(timeout)
+            self.assoc.dul._run_loop_delay = delay
+            self.assoc.dul._idle_timer.restart()  # the DUL saw no traffic while we held the socket
+            self.guard.release()
+            self.assoc._reactor_checkpoint.set()
         if abort and self.assoc.is_established:
             self.assoc.abort()
-
-    def __enter__(self) -> Lane:
-        self.hold()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.let_go(abort=isinstance(exc, LaneClosed))
 
     def peer_spoke(self) -> bool:
         """Return True when the peer sent something unasked (an A-ABORT, a release request, or it hung up)."""
@@ -144,14 +157,26 @@ class Lane:
         return self.contexts.get((sop_class, transfer_syntax))
 
     def store_file(
-        self, sop_class: str, sop_instance: str, transfer_syntax: str, path: Path, offset: int, message_id: int
+        self,
+        sop_class: str,
+        sop_instance: str,
+        transfer_syntax: str,
+        path: Path,
+        offset: int,
+        end: int | None,
+        message_id: int,
     ) -> Response:
-        """Send the data set that starts at `offset` in the file as it is; return the peer's response."""
+        """Send the file's bytes from `offset` to `end` (None: its end) as they are; return the peer's response.
+
+        Raise ValueError before sending anything when they are an odd number, OSError when the file is shorter.
+        """
         context_id = self._require(sop_class, transfer_syntax)
         with path.open("rb", buffering=0) as file:
             size = os.fstat(file.fileno()).st_size
+            if (end := size if end is None else end) > size:
+                raise OSError(f"the file became shorter than its data set ({size} of {end} bytes)")
             file.seek(offset)
-            self._send(context_id, command_set(sop_class, sop_instance, message_id), file, size - offset)
+            self._send(context_id, command_set(sop_class, sop_instance, message_id), file, end - offset)
         return self._response(message_id)
 
     def store_dataset(self, dataset: Dataset, transfer_syntax: str, message_id: int) -> Response:
@@ -174,7 +199,12 @@ class Lane:
     # --- the wire ----------------------------------------------------------------------------------
 
     def _send(self, context_id: int, command: bytes, source: object, length: int) -> None:
-        """Write the command PDU and the data set in fragments; the command leaves with the first one."""
+        """Write the command PDU and the data set in fragments; the command leaves with the first one.
+
+        An odd length is refused before a byte is written: dcmtk-based peers abort on an odd fragment (PS3.8).
+        """
+        if length % 2:
+            raise ValueError(f"the data set is {length} bytes long: an odd length cannot be sent")
         head = (
             _PDU.pack(_P_DATA_TF, 0, _PDV.size + len(command))
             + _PDV.pack(len(command) + 2, context_id, _COMMAND | _LAST)
@@ -204,7 +234,7 @@ class Lane:
         except TimeoutError as exc:
             raise LaneClosed(f"the peer took no data for {self.dimse_timeout:g} s (dimse_timeout)") from exc
         except OSError as exc:
-            raise LaneClosed(f"connection lost while sending: {exc}") from exc
+            raise LaneClosed(_lost("while sending", exc)) from exc
 
     def _response(self, message_id: int) -> Response:
         """Read PDUs until a whole response command set (and any data set after it) has arrived."""
@@ -267,8 +297,14 @@ class Lane:
         except TimeoutError as exc:
             raise LaneClosed(f"no response within {self.dimse_timeout:g} s (dimse_timeout)") from exc
         except OSError as exc:
-            raise LaneClosed(f"connection lost while waiting for a response: {exc}") from exc
+            raise LaneClosed(_lost("while waiting for a response", exc)) from exc
         return data
+
+
+def _lost(when: str, exc: OSError) -> str:
+    if exc.errno == errno.EBADF:  # pynetdicom closed the socket: it saw the peer go
+        return f"connection lost {when}: the connection was closed"
+    return f"connection lost {when}: {exc}"
 
 
 def _read_exactly(file: object, view: memoryview) -> None:
@@ -299,9 +335,12 @@ def _describe_pdu(kind: int, body: bytes | bytearray) -> str:
 
 
 def open_lane(assoc: Association, dimse_timeout: float | None) -> Lane | None:
-    """Return a lane over the association, or None when its socket or pynetdicom's internals do not allow one."""
+    """Return a lane over the association, or None when pynetdicom's internals do not allow one.
+
+    Raise LaneClosed when the peer is gone already (it closed the connection once the association was set up).
+    """
     guard = getattr(assoc.dul.socket, "read_guard", None)
     needed = (hasattr(assoc, "_reactor_checkpoint"), hasattr(assoc, "_is_paused"), hasattr(assoc.dul, "_idle_timer"))
-    if guard is None or not all(needed) or getattr(assoc.dul.socket, "socket", None) is None:
+    if guard is None or not all(needed):
         return None
     return Lane(assoc, guard, dimse_timeout)

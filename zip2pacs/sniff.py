@@ -16,7 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from .elements import DIRECTORY_RECORDS, Found, elements_end_in_file, read_meta
+from .elements import DIRECTORY_RECORDS, Found, data_set_end, read_meta
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ class Instance:
     series_uid: str
     sha256: str
     size: int
-    faithful: bool  # True: the file's bytes can be streamed as they are (consistent Part 10 file)
+    faithful: bool  # True: the data set's bytes can be streamed as they are (consistent Part 10 file, even lengths)
     data_offset: int  # where the data set starts in the file, after the file meta (0 when not faithful)
+    data_end: int | None = None  # where its last whole element ends (junk may follow); None: at the end of the file
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ def _is_uid(value: str) -> bool:
     return len(value) <= 64 and _UID_PATTERN.fullmatch(value) is not None
 
 
+def _explicit(start: bytes) -> bool:
+    """Return True when the first element's bytes 4-5 are two capital letters: a VR, so explicit VR."""
+    return all(0x40 < byte < 0x5B for byte in start[4:6])
+
+
 def _start_matches(start: bytes, syntax: str) -> bool:
     # pydicom silently reads around a meta header that lies about implicit/explicit VR or
     # endianness; such a file must not be streamed under the syntax its meta header claims.
@@ -105,8 +111,13 @@ def _start_matches(start: bytes, syntax: str) -> bool:
     if len(start) < 6:
         return False
     group = int.from_bytes(start[:2], "little" if little else "big")
-    explicit = all(0x40 < byte < 0x5B for byte in start[4:6])
-    return group <= 8 and explicit != implicit
+    return group <= 8 and _explicit(start) != implicit
+
+
+def _streamable(walk: Found | None, data_start: int) -> bool:
+    """Return True when the walked data set may go as it is: in order, and no value of odd length (PS3.5 7.1.1)."""
+    # An odd fragment is a protocol error to dcmtk-based peers (PS3.8 9.3.5.1): they abort the association.
+    return walk is not None and not walk.odd and not walk.unordered and (walk.end - data_start) % 2 == 0
 
 
 def _clean(raw: bytes | None) -> str:
@@ -162,11 +173,10 @@ def _walked(path: Path, sha256: str, size: int, file: BinaryIO) -> Detection | N
     start = file.read(6)
     if not _start_matches(start, syntax):
         return None
-    implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
     found = Found()
     file.seek(meta_end)
     on_disk = os.fstat(file.fileno()).st_size
-    if not elements_end_in_file(file, on_disk, implicit, syntax != BIG_ENDIAN, found=found) or found.unusual:
+    if not data_set_end(file, on_disk, not _explicit(start), syntax != BIG_ENDIAN, found) or found.unusual:
         return None
     values = found.values
     fields = _Fields(
@@ -180,10 +190,13 @@ def _walked(path: Path, sha256: str, size: int, file: BinaryIO) -> Detection | N
         directory=DIRECTORY_RECORDS in values,
         inferred=syntax,
     )
-    return _classify(path, sha256, size, True, fields, start, meta_end)
+    return _classify(path, sha256, size, True, fields, start, meta_end, found)
 
 
-def _classify(path: Path, sha256: str, size: int, part10: bool, f: _Fields, start: bytes, data_start: int) -> Detection:
+def _classify(
+    path: Path, sha256: str, size: int, part10: bool, f: _Fields, start: bytes, data_start: int, walk: Found | None
+) -> Detection:
+    """Classify from the fields read; `walk` is the walk of the data set from `data_start`, None when not walked."""
     sop_class, sop_instance = f.sop_class, f.sop_instance
     if DICOMDIR_SOP_CLASS in (f.meta_class, sop_class) or f.directory:
         return Detection(Kind.DICOMDIR, None, "DICOMDIR (media storage directory)")
@@ -205,6 +218,7 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, f: _Fields, star
         and f.meta_instance == sop_instance
         and _start_matches(start, meta_syntax)
         and data_start > 0
+        and _streamable(walk, data_start)
     )
     instance = Instance(
         path=path,
@@ -217,8 +231,48 @@ def _classify(path: Path, sha256: str, size: int, part10: bool, f: _Fields, star
         size=size,
         faithful=faithful,
         data_offset=data_start if faithful else 0,
+        data_end=walk.end if walk is not None else None,
     )
     return Detection(Kind.INSTANCE, instance, "")
+
+
+def _read_by_pydicom(path: Path, sha256: str, size: int, part10: bool, head: bytes, file: BinaryIO) -> Detection:
+    """Classify a file less plain than `_walked` takes with pydicom, then walk its data set to tell damage."""
+    file.seek(0)
+    with warnings.catch_warnings():
+        # pydicom warns about every oddity of real-world files; the outcome is what counts.
+        warnings.simplefilter("ignore")
+        dataset = dcmread(file, force=True, stop_before_pixels=True, specific_tags=_TAGS)
+    # The first bytes after the meta header show how the dataset is really encoded.
+    meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
+    start = b""
+    meta_end = 0
+    data_start = None
+    if part10 and isinstance(meta_length, int):
+        # Streaming starts where the elements end; a group length that disagrees is not trusted.
+        meta_end = read_meta(file)[1]
+        meta_end = meta_end if meta_end == 132 + 12 + meta_length else 0
+        file.seek(132 + 12 + meta_length)
+        start = file.read(6)
+        data_start = 132 + 12 + meta_length if start else None
+    elif not part10 and len(dataset.file_meta) == 0:
+        data_start = 0
+    fields = _fields(dataset)
+    detection = _classify(path, sha256, size, part10, fields, start, meta_end, None)
+    deflated = fields.meta_syntax == DEFLATED_EXPLICIT_LE
+    if detection.kind not in (Kind.INSTANCE, Kind.NO_UID) or data_start is None or deflated:
+        return detection
+    walk = Found()
+    file.seek(data_start)
+    # The bytes, not the meta header, say whether VRs are explicit (some headers lie).
+    implicit = not _explicit(start or head[:6])
+    if not data_set_end(
+        file, os.fstat(file.fileno()).st_size, implicit, dataset.original_encoding[1] is not False, walk
+    ):
+        return Detection(Kind.DAMAGED, None, "damaged: the file ends inside a data element (truncated)")
+    # Where the data set ends counts only when the walk started where it begins.
+    trusted = walk if data_start == meta_end or not part10 else None
+    return _classify(path, sha256, size, part10, fields, start, meta_end, trusted)
 
 
 def _detect(path: Path, sha256: str, size: int) -> Detection:
@@ -231,36 +285,7 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
                 return Detection(Kind.NOT_DICOM, None, "not DICOM (no preamble, no dataset start)")
             if part10 and (walked := _walked(path, sha256, size, file)) is not None:
                 return walked  # most files: a fifth of the time pydicom takes
-            file.seek(0)
-            with warnings.catch_warnings():
-                # pydicom warns about every oddity of real-world files; the outcome is what counts.
-                warnings.simplefilter("ignore")
-                dataset = dcmread(file, force=True, stop_before_pixels=True, specific_tags=_TAGS)
-                # The first bytes after the meta header show how the dataset is really encoded.
-                meta_length = dataset.file_meta.get("FileMetaInformationGroupLength")
-                start = b""
-                meta_end = 0
-                if part10 and isinstance(meta_length, int):
-                    # Streaming starts where the elements end; a group length that disagrees is not trusted.
-                    meta_end = read_meta(file)[1]
-                    meta_end = meta_end if meta_end == 132 + 12 + meta_length else 0
-                    file.seek(132 + 12 + meta_length)
-                    start = file.read(6)
-                detection = _classify(path, sha256, size, part10, _fields(dataset), start, meta_end)
-                data_start = None
-                if start:
-                    data_start = 132 + 12 + meta_length
-                elif not part10 and len(dataset.file_meta) == 0:
-                    data_start, start = 0, head[:6]
-                deflated = _text(dataset.file_meta, "TransferSyntaxUID") == DEFLATED_EXPLICIT_LE
-                if detection.kind in (Kind.INSTANCE, Kind.NO_UID) and data_start is not None and not deflated:
-                    # The bytes, not the meta header, say whether VRs are explicit (some headers lie).
-                    implicit = not all(0x40 < byte < 0x5B for byte in start[4:6])
-                    little = dataset.original_encoding[1] is not False
-                    file.seek(data_start)
-                    if not elements_end_in_file(file, os.fstat(file.fileno()).st_size, implicit, little):
-                        return Detection(Kind.DAMAGED, None, "damaged: the file ends inside a data element (truncated)")
-                return detection
+            return _read_by_pydicom(path, sha256, size, part10, head, file)
     except OSError as exc:
         return Detection(Kind.NOT_DICOM, None, f"unreadable file ({exc.strerror or type(exc).__name__})")
     except Exception as exc:  # pydicom raises many kinds on malformed bytes

@@ -25,6 +25,7 @@ from pydicom.uid import (
 
 from tests.factories import PNG_HEADER, make_dataset, read_instance, valid_testdata_files, write_dicom, zip_bytes
 from tests.factories import testdata_files as bundled_files
+from tests.odd_files import ODD_BYTES, ODD_TEXT, element, with_elements_after_pixels, with_junk, with_odd_values
 from zip2pacs import sniff
 from zip2pacs.sniff import Detection, Kind, detect, sniff_bytes_is_part10
 
@@ -474,3 +475,83 @@ def test_preambleless_dataset_cut_short_is_damaged(tmp_path):
     assert detect(whole, "x", len(data)).kind is Kind.INSTANCE
     cut = write_bytes(tmp_path, "cut", data[:-10])
     assert detect(cut, "x", len(data) - 10).kind is Kind.DAMAGED
+
+
+# --- Bytes after the last element, values of odd length: what may be streamed ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "junk", [b"\x00", b"\x00\xff\x00", b"JUNK\x00\x00\x00", b"\x00" * 4, b"\x00" * 64, b"JUNK" * 9]
+)
+def test_bytes_after_the_last_element_are_left_out_of_the_data_set_to_stream(tmp_path: Path, junk: bytes) -> None:
+    path = with_junk(tmp_path / "junk.dcm", junk)
+    whole = path.stat().st_size - len(junk)
+
+    instance = detect(path, "", path.stat().st_size).instance
+
+    assert instance is not None
+    assert instance.faithful
+    assert instance.data_end == whole
+    assert (instance.data_end - instance.data_offset) % 2 == 0
+
+
+def test_a_whole_part10_file_streams_to_its_last_byte(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "whole.dcm", make_dataset())
+
+    instance = detect(path, "", path.stat().st_size).instance
+
+    assert instance is not None
+    assert instance.faithful
+    assert instance.data_end == path.stat().st_size
+
+
+@pytest.mark.parametrize(
+    "elements", [(ODD_TEXT,), (ODD_TEXT, ODD_BYTES)], ids=["odd in total", "two odd values, even in total"]
+)
+def test_a_data_set_with_a_value_of_odd_length_is_not_faithful(tmp_path: Path, elements: tuple) -> None:
+    path = with_odd_values(tmp_path / "odd.dcm", *elements)
+
+    instance = detect(path, "", path.stat().st_size).instance
+
+    assert instance is not None
+    assert not instance.faithful  # pydicom re-encodes it, its values padded
+    assert instance.data_end == path.stat().st_size
+
+
+def test_values_of_odd_length_inside_a_sequence_are_found_even_when_the_total_is_even(tmp_path: Path) -> None:
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + element(*ODD_TEXT) + element(*ODD_BYTES)
+    item += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)  # item delimiter
+    sequence = struct.pack("<HH2sHL", 0x0040, 0x0275, b"SQ", 0, 0xFFFFFFFF) + item
+    sequence += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)  # sequence delimiter
+    data = with_odd_values(tmp_path / "plain.dcm").read_bytes()
+    pixels = data.index(struct.pack("<HH2s", 0x7FE0, 0x0010, b"OW"))
+    path = write_bytes(tmp_path, "odd.dcm", data[:pixels] + sequence + data[pixels:])
+    assert dcmread(path).RequestAttributesSequence[0].PerformedProcedureStepDescription == "ODD"
+    assert path.stat().st_size % 2 == 0  # even in total: only the values inside the sequence are odd
+
+    instance = detect(path, "", path.stat().st_size).instance
+
+    assert instance is not None
+    assert not instance.faithful
+
+
+def test_elements_out_of_order_up_to_the_end_of_the_file_are_data_not_junk(tmp_path: Path) -> None:
+    path = with_elements_after_pixels(tmp_path / "unordered.dcm", (0x00400254, b"LO", b"EVEN"))
+
+    instance = detect(path, "", path.stat().st_size).instance
+
+    assert instance is not None
+    assert instance.data_end == path.stat().st_size  # nothing of the data set is left out
+    assert not instance.faithful  # pydicom re-encodes it, its elements in order
+
+
+def test_a_dataset_without_preamble_knows_where_its_elements_end(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "bare", make_dataset(), preamble=False)
+    size = path.stat().st_size
+    with path.open("ab") as file:
+        file.write(b"\x00" * 16)
+
+    instance = detect(path, "", size + 16).instance
+
+    assert instance is not None
+    assert instance.data_end == size
