@@ -19,6 +19,7 @@ from pynetdicom.status import (
     code_to_category,
 )
 
+from . import logcontext
 from .association import NothingAccepted, Peer, PeerUnavailable, associate
 from .contexts import (
     LITTLE_ENDIAN,
@@ -203,9 +204,13 @@ class Connection:
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
         assoc = associate(self.peer, contexts)
         self.assoc, self.proposed, self.message_id, self.answered = assoc, frozenset(group.contexts), 0, 0
-        self.lane = open_lane(assoc, assoc.dimse_timeout)
-        if self.lane is not None:
-            self.lane.hold()
+        try:
+            self.lane = open_lane(assoc, assoc.dimse_timeout)
+            if self.lane is not None:
+                self.lane.hold()
+        except LaneClosed as exc:  # the peer left right after accepting: unavailable, tried again later
+            self.close(abort=True)
+            raise PeerUnavailable(f"{self.peer.key}: {exc}") from exc
         self.accepted = {}
         for cx in assoc.accepted_contexts:
             self.accepted.setdefault(str(cx.abstract_syntax), []).append(cx.transfer_syntax[0])
@@ -268,7 +273,8 @@ def _store_group(
         first_request = connection.answered == 0
         began = time.monotonic()
         try:
-            code, comment = _send_one(assoc, lane, instance, mode, connection.next_message_id())
+            with logcontext.about(instance.path):  # what pydicom or pynetdicom log meanwhile names this entry
+                code, comment = _send_one(assoc, lane, instance, mode, connection.next_message_id())
         except LaneClosed as exc:
             if isinstance(exc.__cause__, TimeoutError):  # a peer that stalls is struggling: stop, retry later
                 record(index, StoreResult(instance, Outcome.TRANSIENT, None, str(exc)))

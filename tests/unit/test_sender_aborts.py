@@ -10,8 +10,9 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from tests.peers import vanishing_peer
 from tests.unit.test_sender import UNCOMPRESSED, make_dicom, way  # noqa: F401 - both ways: lane and fallback
-from zip2pacs.association import Peer
+from zip2pacs.association import Peer, PeerUnavailable
 from zip2pacs.sender import Outcome, store
 
 
@@ -81,3 +82,14 @@ def test_a_peer_that_aborts_every_first_c_store_is_named_as_refusing_our_ae_titl
     assert "does not allow our AE title ZIPWATCHER to store" in results[-1].detail
     assert "DicomModalities" in results[-1].detail and "DicomAlwaysAllowStore" in results[-1].detail
     assert aborting.associations == 2  # two tries tell, not one association per instance
+
+
+def test_a_peer_that_leaves_right_after_accepting_is_unavailable_not_a_bug(tmp_path: Path) -> None:
+    instances = [make_dicom(tmp_path, CTImageStorage)]
+    with vanishing_peer() as (peer, go):
+        go.set()  # it hangs up as soon as the association is accepted
+        try:
+            results = store(peer, instances)
+        except PeerUnavailable:  # the lane sees it at once
+            return
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT]  # pynetdicom's send_c_store() sees it later
