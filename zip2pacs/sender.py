@@ -179,14 +179,15 @@ class Connection:
         """Put the instance in flight aside, give it its verdict on a second abort, or stop when the peer is at fault."""
         LOGGER.warning("association with %s ended: %s", self.peer.key, exc.why)
         self.first_request_aborts = self.first_request_aborts + 1 if exc.first_request else 0
+        if self.first_request_aborts >= 2 and not self.answered_ever:
+            # Nothing was ever answered: the peer refuses us, or this instance; the peer is the likelier.
+            raise _PeerWide(_refusal_diagnosis(self.peer, exc.why))
         if exc.index in aborted:
             why = f"the peer aborted the association twice while receiving this instance ({exc.why})"
             record(exc.index, StoreResult(instances[exc.index], Outcome.PERMANENT, None, why))
         else:
             aborted[exc.index] = exc.why
         if self.first_request_aborts >= 2:
-            if not self.answered_ever:
-                raise _PeerWide(_refusal_diagnosis(self.peer, exc.why))
             raise _PeerWide(f"the peer aborted two associations in a row at their first C-STORE ({exc.why})")
 
     def next_message_id(self) -> int:
