@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import re
@@ -286,8 +287,12 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
             if part10 and (walked := _walked(path, sha256, size, file)) is not None:
                 return walked  # most files: a fifth of the time pydicom takes
             return _read_by_pydicom(path, sha256, size, part10, head, file)
+    except IsADirectoryError:
+        return Detection(Kind.NOT_DICOM, None, "a folder, not a file")
     except OSError as exc:
-        return Detection(Kind.NOT_DICOM, None, f"unreadable file ({exc.strerror or type(exc).__name__})")
+        if exc.errno == errno.EINVAL:  # a seek to an offset the file's own bytes made invalid
+            return Detection(Kind.NOT_DICOM, None, "not DICOM (unparseable)")
+        raise  # this machine's problem (a file locked or removed, an I/O error): no verdict on the file
     except Exception as exc:  # pydicom raises many kinds on malformed bytes
         # Only the exception type: messages may quote element values.
         if part10:
@@ -296,7 +301,11 @@ def _detect(path: Path, sha256: str, size: int) -> Detection:
 
 
 def detect(path: Path, sha256: str, size: int) -> Detection:
-    """Classify one file by its content; never raises, unreadable or malformed files are NOT_DICOM."""
+    """Classify one file by its content; malformed files are NOT_DICOM.
+
+    Raise OSError when the file cannot be read (removed or locked by another program, an I/O error): that
+    says nothing about the file, so it must not become a verdict.
+    """
     detection = _detect(path, sha256, size)
     LOGGER.debug("%s: %s %s", path.name, detection.kind.value, detection.reason)
     return detection

@@ -371,3 +371,26 @@ def test_a_zip_the_original_script_knew_only_by_its_hash_sends_nothing(tmp_path,
     assert run_once(config) is True
 
     assert scp.requests == 0 and (config.archive_dir / "study.zip").exists()
+
+
+def test_a_file_an_antivirus_removes_before_detection_leaves_the_zip_pending_not_archived(tmp_path, scp, monkeypatch):  # noqa: F811
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=38, junk=False)
+    real = delivery.detect
+    seen = []
+
+    def quarantined_by_antivirus(path, sha256, size):
+        seen.append(path)
+        if len(seen) == 3:
+            path.unlink()  # taken away between extraction and detection
+        return real(path, sha256, size)
+
+    monkeypatch.setattr(delivery, "detect", quarantined_by_antivirus)
+    [outcome] = process_all(config)
+
+    assert outcome.state is ZipState.PENDING and "not of the ZIP" in outcome.error, outcome
+    assert zip_path.exists() and outcome.counts.skipped == 0
+
+    monkeypatch.setattr(delivery, "detect", real)
+    [again] = process_all(config)
+    assert again.state is ZipState.DELIVERED and set(uids) <= set(scp.stored)
