@@ -10,17 +10,17 @@ import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import __version__, probe
+from . import __version__, logcontext, probe
 from .association import PeerUnavailable
 from .config import Config, ConfigError, load_config
 from .contexts import syntax_name
-from .daemon import AlreadyRunning, run_forever, run_once
+from .daemon import AlreadyRunning, run_forever, run_once, single_instance
 from .demo import run_demo
 from .ledger import Ledger
 from .probe import SHORT_SYNTAX_NAMES
 from .progress import LogProgress, TerminalProgress
 from .report import status_text
-from .retry import retry_failed
+from .retry import move_back, plan_retry
 
 LOGGER = logging.getLogger("zip2pacs")
 
@@ -42,13 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--once", action="store_true", help="deliver the ZIPs present now, then exit")
     mode.add_argument("--check", action="store_true", help="validate the configuration and C-ECHO the peer")
     mode.add_argument("--status", action="store_true", help="summarise the ledger: ZIPs by state, pending, failures")
-    mode.add_argument("--retry-failed", action="store_true", help="move ZIPs from failed_dir back to the watch folder")
+    mode.add_argument(
+        "--retry-failed",
+        nargs="*",
+        metavar="NAME",
+        help="move ZIPs from failed_dir back to the watch folder: all but those whose failure cannot change, or NAMEs",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
 def setup_logging(config: Config | None, level: str = "INFO") -> None:
-    """Log to the console and, given a config, to its log file: ``time | LEVEL | message``."""
+    """Log to the console and, given a config, to its log file: ``time | LEVEL | message``.
+
+    Library records are named after the ZIP and entry being handled, those the watcher handles itself
+    become DEBUG lines, and Python warnings go to the log (see logcontext).
+    """
     level = config.log_level if config else level
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config is not None:
@@ -58,16 +67,26 @@ def setup_logging(config: Config | None, level: str = "INFO") -> None:
                 config.log_file, maxBytes=config.log_max_bytes, backupCount=config.log_backup_count, encoding="utf-8"
             )
         )
+    # pynetdicom narrates every PDU at INFO; keep its warnings only unless debugging or asked for its lines.
+    debug = level == "DEBUG" or (config is not None and config.log_pynetdicom_debug)
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(logcontext.LibraryFilter(debug))
         root.addHandler(handler)
-    # pynetdicom narrates every PDU at INFO; keep its warnings only unless debugging or asked for its lines.
-    debug = level == "DEBUG" or (config is not None and config.log_pynetdicom_debug)
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if debug else logging.WARNING)
+    logcontext.capture_warnings()
+
+
+def python_command() -> str:
+    """Return how to run this Python from the current folder: ``.venv/bin/python`` when it is there, else python3."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return "python3"
 
 
 def demo() -> int:
@@ -76,7 +95,8 @@ def demo() -> int:
     delivered, received, config = run_demo()
     print(f"Demo: {len(received.uids)} instances of {len(received.studies)} studies stored by the embedded SCP")
     print(f"      (AE title {config.peer.ae_title} on 127.0.0.1:{config.peer.port}); every ZIP archived: {delivered}.")
-    print("Next: edit config.yaml for your PACS, then run: python dicom_zip_watcher.py config.yaml --check")
+    python = python_command()
+    print(f"Next: edit config.yaml for your PACS, then run: {python} dicom_zip_watcher.py config.yaml --check")
     return EXIT_OK if delivered and received.uids else EXIT_UNDELIVERED
 
 
@@ -167,6 +187,73 @@ def check(config: Config) -> int:
     return EXIT_OK
 
 
+def status(config: Config) -> int:
+    """Print the ledger summary; a ledger that does not exist yet is not created."""
+    if not config.state_db.exists():
+        print(f"Ledger {config.state_db}: none yet (no watcher has run with {config.source})")
+        return EXIT_OK
+    with Ledger(config.state_db) as ledger:
+        print(status_text(ledger, config))
+    return EXIT_OK
+
+
+def retry(config: Config, names: list[str]) -> int:
+    """Move failed ZIPs back to the watch folder (all that may succeed now, or those named); say what stays."""
+    try:
+        plan = plan_retry(config, names)
+    except FileNotFoundError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_UNDELIVERED
+    code = EXIT_OK
+    moved = []
+    for item in plan.move:
+        try:
+            moved.append((item, move_back(config, item)))
+        except OSError as exc:
+            print(f"Error: cannot move {item.path} back: {exc.strerror or exc}", file=sys.stderr)
+            code = EXIT_UNDELIVERED
+    print(f"Moved {len(moved)} ZIP(s) from {config.failed_dir} back to {config.watch_dir}")
+    for item, target in moved:
+        renamed = f" (was {item.path.name})" if target.name != item.path.name else ""
+        print(f"  {target.name}{renamed}")
+    if plan.keep:
+        print(f"Left in {config.failed_dir}: they failed for a reason that cannot change (name one to move it anyway):")
+        print("\n".join(f"  {item.path.name}: {item.reason}" for item in plan.keep))
+    return code
+
+
+def run(config: Config, once: bool) -> int:
+    """Deliver (once, or until stopped) under the ledger's lock, taken before the log file is opened."""
+    problems = create_folders(config)
+    if problems:
+        print(f"Error: cannot create the folders configured in {config.source}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with single_instance(config, lend=True):
+            return _deliver(config, once)
+    except AlreadyRunning as exc:  # before the log file is opened: the running watcher's log stays its own
+        print(f"Error: {exc}; stop it first, or use another paths.state_db", file=sys.stderr)
+        return EXIT_UNDELIVERED
+
+
+def _deliver(config: Config, once: bool) -> int:
+    setup_logging(config)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    peer = config.peer
+    LOGGER.info(
+        "DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port
+    )
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
+    if once:
+        return EXIT_OK if run_once(config, stop, progress) else EXIT_UNDELIVERED
+    run_forever(config, stop, progress)
+    LOGGER.info("Stopped")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return the exit code."""
     parser = build_parser()
@@ -182,37 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    problems = create_folders(config)
-    if problems:
-        print(f"Error: cannot create the folders configured in {config.source}:", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+    # Only the modes that deliver create folders: --check and --status look, and change nothing.
     if args.check:
         return check(config)
     if args.status:
-        with Ledger(config.state_db) as ledger:
-            print(status_text(ledger, config))
-        return EXIT_OK
-    if args.retry_failed:
-        moved = retry_failed(config)
-        print(f"Moved {len(moved)} ZIP(s) from {config.failed_dir} back to {config.watch_dir}")
-        return EXIT_OK
-    setup_logging(config)
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    peer = config.peer
-    LOGGER.info(
-        "DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port
-    )
-    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
-    try:
-        if args.once:
-            delivered = run_once(config, stop, progress)
-            return EXIT_OK if delivered else EXIT_UNDELIVERED
-        run_forever(config, stop, progress)
-    except AlreadyRunning as exc:
-        LOGGER.error("%s", exc)
-        return EXIT_UNDELIVERED
-    LOGGER.info("Stopped")
-    return EXIT_OK
+        return status(config)
+    if args.retry_failed is not None:
+        return retry(config, args.retry_failed)
+    return run(config, once=args.once)

@@ -33,19 +33,21 @@ def prepare_folders(config: Config) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-_LENT: set[str] = set()  # lock files this process holds for the single_instance() calls made inside
+_LENT: set[str] = set()  # lock files this process holds and lends to the single_instance() calls made inside
 
 
 @contextmanager
 def single_instance(config: Config, lend: bool = False) -> Iterator[None]:
     """Hold an exclusive lock beside the ledger for as long as the watcher runs; raise AlreadyRunning if taken.
 
-    With ``lend`` the lock is taken only, and granted to the calls made inside, which then remove what an
+    With ``lend`` the lock is only taken, and granted to the calls made inside, which then remove what an
     interrupted run left: the command takes it before it opens the log file that a running watcher writes.
     """
     path = config.state_db.with_name(config.state_db.name + ".lock")
     if str(path) in _LENT:
-        yield from _clean_and_hold(config)
+        for leftover in clean_leftovers(config.work_dir):
+            LOGGER.info("Removed %s, left by an interrupted run", leftover)
+        yield
         return
     with open(path, "a+") as handle:
         try:
@@ -58,20 +60,16 @@ def single_instance(config: Config, lend: bool = False) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        if not lend:
-            yield from _clean_and_hold(config)
+        if lend:
+            _LENT.add(str(path))
+            try:
+                yield
+            finally:
+                _LENT.discard(str(path))
             return
-        _LENT.add(str(path))
-        try:
-            yield
-        finally:
-            _LENT.discard(str(path))
-
-
-def _clean_and_hold(config: Config) -> Iterator[None]:
-    for leftover in clean_leftovers(config.work_dir):
-        LOGGER.info("Removed %s, left by an interrupted run", leftover)
-    yield
+        for leftover in clean_leftovers(config.work_dir):
+            LOGGER.info("Removed %s, left by an interrupted run", leftover)
+        yield
 
 
 @contextmanager

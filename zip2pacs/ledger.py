@@ -260,11 +260,13 @@ class Ledger:
         )
 
     def reset_failed(self, sha256: str, peer: str) -> None:
-        """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed)."""
+        """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed).
+
+        Its attempts, first-seen time and history carry over: they say how long it has been a problem.
+        """
         self._rows(
-            "UPDATE zips SET state=?, attempts=0, next_retry=NULL, first_seen=?, updated=?, tried_seconds=0 "
-            "WHERE sha256=? AND peer=? AND state=?",
-            (ZipState.PENDING.value, time.time(), time.time(), sha256, peer, ZipState.FAILED.value),
+            "UPDATE zips SET state=?, next_retry=NULL, updated=?, tried_seconds=0 WHERE sha256=? AND peer=? AND state=?",
+            (ZipState.PENDING.value, time.time(), sha256, peer, ZipState.FAILED.value),
         )
 
     def history(self, zip_id: int) -> list[dict[str, object]]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +17,6 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from zip2pacs.cli import main, setup_logging
 from zip2pacs.config import parse_config
 from zip2pacs.demo import run_demo
-from zip2pacs.progress import LogProgress, TerminalProgress
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,41 +77,6 @@ def test_log_file_rotates_at_max_bytes(tmp_path):
     assert logs == ["uploader.log", "uploader.log.1", "uploader.log.2"]
     assert all(p.stat().st_size <= 2100 for p in config.log_file.parent.iterdir())
     assert " | INFO | line 199 " in config.log_file.read_text()
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_terminal_progress_rewrites_one_line_with_rate_and_eta():
-    stream, clock = io.StringIO(), Clock()
-    progress = TerminalProgress(stream, clock)
-    progress.start("a.zip", 4, 4_000_000)
-    clock.now = 1.0
-    progress.update(2, 2_000_000)
-    assert stream.getvalue().endswith("a.zip: 2/4 instances (50%), 2.0 MB/s, ETA 1 s")
-    clock.now = 1.1
-    progress.update(1, 1_000_000)  # too soon: not redrawn
-    assert stream.getvalue().count("\r") == 1
-    clock.now = 2.0
-    progress.update(1, 1_000_000)
-    progress.finish()
-    assert stream.getvalue().endswith("a.zip: 4/4 instances (100%), 2.0 MB/s, ETA 0 s\n")
-
-
-def test_log_progress_logs_at_most_once_per_interval(caplog):
-    clock = Clock()
-    progress = LogProgress(interval=10, clock=clock)
-    progress.start("a.zip", 100, 100)
-    with caplog.at_level(logging.INFO, logger="zip2pacs.progress"):
-        for second in range(1, 26):
-            clock.now = float(second)
-            progress.update(1, 1)
-    assert [r.getMessage().split(":")[1].split()[0] for r in caplog.records] == ["10/100", "20/100"]
 
 
 def test_folder_under_a_file_is_a_config_error_naming_its_key(tmp_path, capsys):
@@ -209,3 +173,51 @@ def test_check_names_the_peer_and_says_what_it_could_not_verify(tmp_path, ct_scp
         "Not verified: that the peer lets AE title ZIPWATCHER store "
         "(Orthanc: DicomAlwaysAllowStore / DicomModalities); only a real C-STORE proves it."
     )
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_status_and_check_create_no_folder_and_status_says_no_ledger_exists_yet(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"dicom: {{peer_port: {_closed_port()}, acse_timeout: 2}}\n")
+
+    assert main([str(path), "--status"]) == 0
+    assert main([str(path), "--check"]) == 1
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    out = capsys.readouterr().out
+    assert f"Ledger {tmp_path / 'state' / 'uploader.sqlite3'}: none yet (no watcher has run with {path})" in out
+    assert "Association failed: " in out
+
+
+def test_a_second_watcher_refused_by_the_lock_writes_nothing_into_the_running_watchers_log(workspace, run_cli):
+    from zip2pacs.config import load_config
+    from zip2pacs.daemon import single_instance
+
+    path = workspace.write_config(_closed_port())
+    workspace.log_file.write_text("the running watcher's lines\n")
+    with single_instance(load_config(path)):  # the running watcher
+        proc = run_cli([path, "--once"])
+
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"Error: another watcher is running with the ledger {workspace.state_db}; stop it first, "
+        "or use another paths.state_db"
+    )
+    assert workspace.log_file.read_text() == "the running watcher's lines\n"
+    assert sorted(p.name for p in workspace.log_file.parent.iterdir()) == ["uploader.log"]
+
+
+def test_demo_says_how_to_run_the_watcher_with_the_python_it_was_run_with(monkeypatch, tmp_path):
+    from zip2pacs.cli import python_command
+
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    assert python_command() == ".venv/bin/python"
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
+    assert python_command() == "python3"
