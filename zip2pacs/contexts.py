@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -167,7 +167,7 @@ def plan_groups(
 
 
 def choose(
-    instance: Instance, accepted: Mapping[str, Sequence[str]], policy: Decompress = Decompress.LOSSLESS
+    instance: Instance, accepted: Mapping[str, Collection[str]], policy: Decompress = Decompress.LOSSLESS
 ) -> Mode | None:
     """Return how the instance can go given the accepted syntaxes per SOP class, or None when it cannot."""
     syntaxes = accepted.get(instance.sop_class_uid, ())

@@ -43,6 +43,14 @@ _IDLE_DUL_DELAY = 0.05  # the DUL thread's nap while it has nothing to do but wa
 _GONE = "the peer closed the connection right after the association was set up"
 
 
+def accepted_contexts(assoc: Association) -> dict[str, dict[str, int]]:
+    """Return what the peer accepted: SOP class -> transfer syntax -> presentation context ID (first one kept)."""
+    accepted: dict[str, dict[str, int]] = {}
+    for cx in assoc.accepted_contexts:
+        accepted.setdefault(str(cx.abstract_syntax), {}).setdefault(str(cx.transfer_syntax[0]), cx.context_id or 0)
+    return accepted
+
+
 class LaneClosed(Exception):
     """The association cannot carry more requests: the peer aborted or hung up, or no response came in time."""
 
@@ -101,9 +109,7 @@ class Lane:
         peer_max = assoc.acceptor.maximum_length or 0
         # PS3.8 wants fragments of even length: an odd maximum (16383, say) leaves its last byte unused.
         self.fragment = max(2, (peer_max - _PDV.size) & ~1) if peer_max else _UNLIMITED_PDV
-        self.contexts: dict[tuple[str, str], int] = {}
-        for cx in assoc.accepted_contexts:
-            self.contexts.setdefault((str(cx.abstract_syntax), str(cx.transfer_syntax[0])), cx.context_id or 0)
+        self.contexts = accepted_contexts(assoc)
         self._saved: tuple[float | None, float] = (None, 0.0)
         self._held = False
 
@@ -154,7 +160,7 @@ class Lane:
 
     def context_id(self, sop_class: str, transfer_syntax: str) -> int | None:
         """Return the accepted presentation context for this SOP class and syntax, or None."""
-        return self.contexts.get((sop_class, transfer_syntax))
+        return self.contexts.get(sop_class, {}).get(transfer_syntax)
 
     def store_file(
         self,

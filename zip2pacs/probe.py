@@ -21,6 +21,7 @@ from pynetdicom.status import STATUS_SUCCESS, code_to_category
 
 from .association import associate
 from .contexts import Context
+from .dimse import accepted_contexts
 from .peer import Peer
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -132,9 +133,7 @@ def probe(peer: Peer) -> ProbeResult:
     assoc = associate(peer, contexts)
     associated = time.monotonic() - started
     try:
-        accepted: dict[str, set[str]] = {}
-        for cx in assoc.accepted_contexts:
-            accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        accepted = accepted_contexts(assoc)
         if Verification in accepted:
             began = time.monotonic()
             status = assoc.send_c_echo()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -34,7 +34,7 @@ from .contexts import (
     syntax_name,
     why_not_decompressed,
 )
-from .dimse import Lane, LaneClosed, open_lane
+from .dimse import Lane, LaneClosed, accepted_contexts, open_lane
 from .sniff import Instance
 
 __all__ = ["NothingAccepted", "Outcome", "Peer", "PeerUnavailable", "StoreResult", "store"]
@@ -82,7 +82,7 @@ class Connection:
         self.assoc: Association | None = None
         self.lane: Lane | None = None  # held for the association's life: pynetdicom's threads stay quiet
         self.proposed: frozenset[Context] = frozenset()
-        self.accepted: dict[str, list[str]] = {}
+        self.accepted: dict[str, dict[str, int]] = {}  # SOP class -> syntax -> context ID
         self.last_used = 0.0
         self.message_id = 0
         self.answered = 0  # C-STORE responses on the current association
@@ -212,9 +212,7 @@ class Connection:
         except LaneClosed as exc:  # the peer left right after accepting: unavailable, tried again later
             self.close(abort=True)
             raise PeerUnavailable(f"{self.peer.key}: {exc}") from exc
-        self.accepted = {}
-        for cx in assoc.accepted_contexts:
-            self.accepted.setdefault(str(cx.abstract_syntax), []).append(cx.transfer_syntax[0])
+        self.accepted = accepted_contexts(assoc)
         refused = sorted({syntax_name(str(cx.abstract_syntax)) for cx in assoc.rejected_contexts})
         LOGGER.debug(
             "association with %s: %d contexts accepted, %d refused%s",
@@ -343,7 +341,7 @@ def _send_one(
     return response.status, response.error_comment
 
 
-def _no_context(instance: Instance, group: Group, accepted: Sequence[str], policy: Decompress) -> str:
+def _no_context(instance: Instance, group: Group, accepted: Collection[str], policy: Decompress) -> str:
     """Say which SOP class and syntaxes were proposed, which the peer took, and why no decoding was tried."""
     proposed = dict.fromkeys(
         ts for c in group.contexts if c.abstract_syntax == instance.sop_class_uid for ts in c.transfer_syntaxes
