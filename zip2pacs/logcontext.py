@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -46,6 +47,8 @@ HANDLED: dict[str, tuple[str, ...]] = {
     "pynetdicom.dul": ("Connection closed before the entire PDU was received",),
 }
 LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
+# pydicom quotes the value it finds invalid: a patient's name or birth date must not reach the log.
+_QUOTED_VALUE = re.compile(r"(Invalid value for VR \w+): .*", re.DOTALL)
 
 
 @contextmanager
@@ -121,6 +124,7 @@ def _rewrite(record: logging.LogRecord) -> None:
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         message = message.split("\n", 1)[0]  # pydicom puts a traceback in some of its exceptions' text
+    message = _QUOTED_VALUE.sub(r"\1 (the value is not logged)", message)
     if record.name != "py.warnings":
         message = f"{record.name.split('.')[0]}: {message}"
     where = current()

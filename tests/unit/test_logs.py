@@ -186,3 +186,17 @@ def test_a_delivered_zip_whose_first_copy_cannot_be_re_encoded_logs_no_traceback
     assert "export.zip: delivered" in log
     assert "Traceback" not in log and " | ERROR | " not in log
     assert "UserWarning" not in proc.stderr and "warn_and_log(" not in proc.stderr  # Python's own printing
+
+
+def test_a_value_pydicom_finds_invalid_is_not_logged_as_it_may_be_a_name_or_a_birth_date(logs):
+    from pydicom.dataelem import DataElement
+
+    setup_logging(logs)
+    with logcontext.about_zip("export.zip"), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logcontext.capture_warnings()
+        DataElement(0x00100030, "DA", "1970-01-01")  # PatientBirthDate written with dashes: invalid DA
+
+    [line] = [line for line in log_lines(logs) if "Invalid value" in line]
+    assert line.endswith(" | WARNING | export.zip: pydicom: Invalid value for VR DA (the value is not logged)")
+    assert "1970" not in logs.log_file.read_text()
