@@ -15,15 +15,19 @@ from pathlib import Path
 
 from . import sender
 from .config import Config
+from .contexts import Group, plan_groups
 from .dedup import Seen, decide
 from .ledger import Ledger
 from .progress import Progress
+from .ramp import Ramp
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
 from .unzip import ArchiveError, ExtractedFile, LocalError, extract_zip
 from .zipstart import ZipStart
 
 LOGGER = logging.getLogger(__name__)
+
+WARM_TIMEOUT = 3.0  # seconds a further association may take to be accepted before the ramp stops
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Attempt:
     interrupted: bool = False  # a shutdown stopped the extraction: the ZIP was not seen whole
     archive_error: ArchiveError | None = None
     total_bytes: int = 0  # uncompressed size of the ZIP's entries, from its central directories
+    associations: int = 0  # associations made to send it
     local_error: LocalError | None = None  # this machine failed: no verdict on the ZIP
     unexpected: BaseException | None = None  # a bug or an unforeseen condition: no verdict either
 
@@ -82,18 +87,18 @@ class Delivery:
         self.seen = Seen()
         self.spares: dict[str, list[Instance]] = {}  # SOP Instance UID -> other files of this ZIP holding it
         self.batch: list[Instance] = []
-        self.batches: queue.Queue[list[Instance] | None] = queue.Queue(maxsize=2 * config.max_associations)
+        self.batches: queue.Queue[list[Instance]] = queue.Queue(maxsize=2 * config.max_associations)
+        self.extracted = threading.Event()  # no more batches will come
         self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
         self.lock = threading.Lock()
+        self.ramp = Ramp(config.max_associations)
+        self.senders: list[threading.Thread] = []
+        self.completed = 0  # C-STORE results so far, for the ramp's rates
 
     def run(self, zip_path: Path, work: Path) -> Attempt:
         """Run the attempt to its end and return what happened."""
         self.progress.start(self.zip_name, 0, 0)
-        senders = [
-            threading.Thread(target=self._send_loop, name=f"sender-{n}") for n in range(self.config.max_associations)
-        ]
-        for thread in senders:
-            thread.start()
+        self._start_sender(None)
         try:
             extraction = extract_zip(
                 zip_path,
@@ -105,6 +110,11 @@ class Delivery:
             )
             for arcname, reason in extraction.skipped:
                 self._skip(arcname, reason, logging.WARNING)
+        except _Interrupted:
+            self.attempt.interrupted = True
+            self._halt("stopped before the whole ZIP was read")
+        except _Duplicate:
+            self._halt("the ZIP was delivered before")
         except ArchiveError as exc:
             self.attempt.archive_error = exc
             self.halt.set()
@@ -117,17 +127,11 @@ class Delivery:
         except Exception as exc:
             self.attempt.unexpected = exc
             self._halt(f"unexpected error: {type(exc).__name__}: {exc}")
-        except _Interrupted:
-            self.attempt.interrupted = True
-            self._halt("stopped before the whole ZIP was read")
-        except _Duplicate:
-            self._halt("the ZIP was delivered before")
         finally:
             if self.batch:
-                self.batches.put(self.batch)
-            for _ in senders:
-                self.batches.put(None)
-            for thread in senders:
+                self._put(self.batch)
+            self.extracted.set()
+            for thread in list(self.senders):
                 thread.join()
         self._send_spares()
         self.progress.finish()
@@ -223,40 +227,84 @@ class Delivery:
         self.attempt.queued += 1
         self.batch.append(inst)
         if len(self.batch) >= self.config.send_batch_size:
-            self.batches.put(self.batch)  # blocks while the senders are behind: bounded memory and disk lead
+            self._put(self.batch)
             self.batch = []
+
+    def _put(self, batch: list[Instance]) -> None:
+        """Queue a batch; while batches wait for a sender, the ramp may start one more (see ramp.py)."""
+        if not self.halt.is_set() and self.ramp.want_more(self.completed, self.batches.full()):
+            self._start_sender(plan_groups(batch, policy=self.peer.decompress)[0])
+        while True:  # blocks while the senders are behind: bounded memory and disk lead
+            try:
+                self.batches.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                if not any(thread.is_alive() for thread in self.senders):
+                    self._halt("no sender is left")  # never wait for ever; these stay unsent
+                    return
+
+    def _start_sender(self, warm: Group | None) -> None:
+        thread = threading.Thread(target=self._send_loop, args=(warm,), name=f"sender-{len(self.senders)}")
+        self.senders.append(thread)
+        thread.start()
 
     # --- the senders' side -------------------------------------------------------------------------
 
-    def _send_loop(self) -> None:
+    def _next_batch(self) -> list[Instance] | None:
+        """Return the next batch, or None once the extraction is over and every batch was taken."""
+        while True:
+            try:
+                return self.batches.get(timeout=0.1)
+            except queue.Empty:
+                if self.extracted.is_set() and self.batches.empty():
+                    return None
+
+    def _send_loop(self, warm: Group | None) -> None:
         with sender.Connection(self.peer) as connection:  # one association for the ZIP's batches, mostly
-            while (batch := self.batches.get()) is not None:
-                if self.stop.is_set():
-                    self._halt("stopped before sending everything")
-                if self.hash_first and not self.halt.is_set() and self._delivered_before():
-                    self._halt("the ZIP was delivered before")
-                if self.halt.is_set():
-                    continue  # drain, so the extractor never blocks; these stay unsent
-                try:
-                    results = connection.store(batch, on_result=self._record)
-                except PeerUnavailable as exc:
-                    LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
-                    self._halt(f"peer unavailable: {exc}")
-                    continue
-                except Exception as exc:
-                    with self.lock:
-                        self.attempt.unexpected = self.attempt.unexpected or exc
-                    self._halt(f"unexpected error while sending: {type(exc).__name__}: {exc}")
-                    continue
+            try:
+                self._send_batches(connection, warm)
+            finally:
                 with self.lock:
-                    self.attempt.results.extend(results)
-                transient = [r.detail for r in results if r.outcome is Outcome.TRANSIENT]
-                if transient:
-                    # One line for the batch: a CD of 500 images must not give 500 warnings.
-                    LOGGER.warning(
-                        "%s: %d instance(s) not stored this time: %s", self.zip_name, len(transient), transient[0]
-                    )
-                    self._halt(transient[0])  # keep the rest for the retry
+                    self.attempt.associations += connection.associations
+
+    def _send_batches(self, connection: sender.Connection, warm: Group | None) -> None:
+        if warm is not None:
+            # A further association is made before it takes a batch: a peer that refuses it, or serves one
+            # association at a time and keeps it waiting, must not hold a batch up.
+            why = connection.warm(warm, min(self.peer.acse_timeout, WARM_TIMEOUT))
+            if why:
+                self.ramp.refused(f"the peer took no further association ({why})")
+                LOGGER.info("%s: going on with %d association(s): %s", self.zip_name, self.ramp.size, why)
+                return
+            self.ramp.opened(self.completed)
+            LOGGER.debug("%s: association %d opened", self.zip_name, self.ramp.size)
+        while (batch := self._next_batch()) is not None:
+            if self.stop.is_set():
+                self._halt("stopped before sending everything")
+            if self.hash_first and not self.halt.is_set() and self._delivered_before():
+                self._halt("the ZIP was delivered before")
+            if self.halt.is_set():
+                continue  # drain, so the extractor never blocks; these stay unsent
+            try:
+                results = connection.store(batch, on_result=self._record)
+            except PeerUnavailable as exc:
+                LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
+                self._halt(f"peer unavailable: {exc}")
+                continue
+            except Exception as exc:
+                with self.lock:
+                    self.attempt.unexpected = self.attempt.unexpected or exc
+                self._halt(f"unexpected error while sending: {type(exc).__name__}: {exc}")
+                continue
+            with self.lock:
+                self.attempt.results.extend(results)
+            transient = [r.detail for r in results if r.outcome is Outcome.TRANSIENT]
+            if transient:
+                # One line for the batch: a CD of 500 images must not give 500 warnings.
+                LOGGER.warning(
+                    "%s: %d instance(s) not stored this time: %s", self.zip_name, len(transient), transient[0]
+                )
+                self._halt(transient[0])  # keep the rest for the retry
 
     def _delivered_before(self) -> bool:
         """Wait for the ZIP's hash; return True when it shows a ZIP delivered before (unreadable: let it go on)."""
@@ -272,6 +320,7 @@ class Delivery:
         self.halt.set()
 
     def _record(self, r: StoreResult) -> None:
+        self.completed += 1  # read by the ramp only: an approximate count is enough
         i = r.instance
         if r.outcome in (Outcome.STORED, Outcome.WARNING):
             record = self.start.record  # None until the hash is known: adopted at the end

@@ -52,6 +52,7 @@ class Pipeline:
         self.peer = config.peer
         self.stop = stop or threading.Event()
         self._bytes = 0  # the attempt's uncompressed bytes, for the rates of its final line
+        self._associations = 0  # ... and the associations it made
         # ZIPs imported from the original script are known by their hash alone: wait for it before sending.
         self.hash_first = legacy.has_zips_known_only_by_hash(ledger, self.peer.key)
 
@@ -105,7 +106,7 @@ class Pipeline:
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
         delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first)
         a = delivery.run(z.path, work)
-        self._bytes = a.total_bytes or z.size
+        self._bytes, self._associations = a.total_bytes or z.size, a.associations
         try:
             record = start.begin()
         except OSError as exc:
@@ -272,12 +273,13 @@ class Pipeline:
         seconds = max(time.monotonic() - started, 1e-6)
         # The same rates as the live progress line: instances sent, and uncompressed MB, per second.
         LOGGER.info(
-            "%s: %s - %s, %.1f s (%.0f files/s, %.1f MB/s)",
+            "%s: %s - %s, %.1f s (%.0f files/s, %.1f MB/s, %d association(s))",
             z.path.name,
             state.value,
             counts.summary(),
             seconds,
             counts.sent / seconds,
             self._bytes / 1e6 / seconds,
+            self._associations,
         )
         return ZipOutcome(z.path.name, state, counts, seconds, error, final_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -85,6 +86,7 @@ class Connection:
         self.accepted: dict[str, dict[str, int]] = {}  # SOP class -> syntax -> context ID
         self.last_used = 0.0
         self.message_id = 0
+        self.associations = 0  # associations made
         self.answered = 0  # C-STORE responses on the current association
         self.answered_ever = 0  # ... on any association of this connection
         self.first_request_aborts = 0  # associations in a row that ended at their first C-STORE
@@ -190,6 +192,23 @@ class Connection:
         if self.first_request_aborts >= 2:
             raise _PeerWide(f"the peer aborted two associations in a row at their first C-STORE ({exc.why})")
 
+    def warm(self, group: Group, acse_timeout: float) -> str:
+        """Open an association for the group's contexts ahead of its batches; return "" or why there is none.
+
+        The association must be accepted within ``acse_timeout``: a peer that serves one association at a time
+        keeps a further one waiting, and that is an answer too.
+        """
+        saved = self.peer
+        self.peer = dataclasses.replace(saved, acse_timeout=acse_timeout)
+        try:
+            self._association_for(group)
+        except PeerUnavailable as exc:
+            return str(exc)
+        finally:
+            self.peer = saved
+        self.last_used = time.monotonic()
+        return ""
+
     def next_message_id(self) -> int:
         self.message_id = self.message_id % 65535 + 1
         return self.message_id
@@ -205,6 +224,7 @@ class Connection:
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
         assoc = associate(self.peer, contexts)
         self.assoc, self.proposed, self.message_id, self.answered = assoc, frozenset(group.contexts), 0, 0
+        self.associations += 1
         try:
             self.lane = open_lane(assoc, assoc.dimse_timeout)
             if self.lane is not None:

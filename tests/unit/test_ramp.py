@@ -1,0 +1,131 @@
+"""The ramp: one association to start, one more while each raised the rate, never past the cap; refusals are answers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.unit.test_pipeline import make_config, process_all, study_zip
+from zip2pacs import delivery, ramp
+from zip2pacs.ledger import ZipState
+from zip2pacs.ramp import Ramp
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_ramp_adds_while_the_rate_grows_and_stops_at_the_first_addition_that_did_not_help():
+    clock = Clock()
+    r = Ramp(cap=8, clock=clock)
+    assert not r.want_more(100, backlog=False)  # nothing waits: one association is enough
+    clock.now = 0.5
+    assert not r.want_more(100, backlog=True)  # too soon to judge
+    clock.now = 1.0
+    assert r.want_more(100, backlog=True) and r.size == 2  # 100/s with one
+    clock.now = 1.5
+    assert not r.want_more(150, backlog=True)  # the second association is not accepted yet
+    r.opened(150)
+    clock.now = 2.5
+    assert r.want_more(350, backlog=True) and r.size == 3  # 200/s with two: worth a third
+    r.opened(350)
+    clock.now = 3.5
+    assert not r.want_more(560, backlog=True) and r.size == 3  # 210/s with three: no gain, stay
+    assert r.closed and "did not raise" in r.why
+
+
+def test_the_ramp_never_passes_the_cap_and_a_refusal_stops_it_one_lower():
+    clock = Clock()
+    r = Ramp(cap=2, clock=clock)
+    clock.now = 1.0
+    assert r.want_more(50, backlog=True) and r.size == 2
+    r.opened(50)
+    clock.now = 10.0
+    assert not r.want_more(10_000, backlog=True) and r.size == 2
+    refused = Ramp(cap=4, clock=clock)
+    clock.now = 20.0
+    assert refused.want_more(50, backlog=True)
+    refused.refused("local limit exceeded")
+    assert refused.size == 1 and refused.closed
+
+
+class SlowScp:
+    """A Storage SCP that takes a few ms per C-STORE and records how many associations it served at once."""
+
+    def __init__(self, maximum_associations: int = 10) -> None:
+        self.stored: list[str] = []
+        self.active = self.most = 0
+        self.lock = threading.Lock()
+        ae = AE(ae_title="TESTPACS")
+        ae.maximum_associations = maximum_associations
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        handlers = [
+            (evt.EVT_C_STORE, self.store),
+            (evt.EVT_ESTABLISHED, self.opened),
+            (evt.EVT_RELEASED, self.closed),
+            (evt.EVT_ABORTED, self.closed),
+        ]
+        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        self.port = self.server.server_address[1]
+
+    def store(self, event: evt.Event) -> int:
+        time.sleep(0.004)  # a PACS far away, in miniature: each C-STORE waits
+        with self.lock:
+            self.stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def opened(self, event: evt.Event) -> None:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+
+    def closed(self, event: evt.Event) -> None:
+        with self.lock:
+            self.active -= 1
+
+
+@pytest.fixture
+def quick_ramp(monkeypatch):
+    monkeypatch.setattr(ramp, "SETTLE_SECONDS", 0.05)
+    monkeypatch.setattr(ramp, "SETTLE_RESULTS", 2)
+    monkeypatch.setattr(ramp, "GAIN", 0.0)  # every addition counts as a gain: the cap is what stops it
+    monkeypatch.setattr(delivery, "WARM_TIMEOUT", 1.0)
+    judged = Ramp.want_more
+    monkeypatch.setattr(Ramp, "want_more", lambda self, done, backlog: judged(self, done, True))  # as if batches wait
+
+
+def test_the_ramp_opens_more_associations_to_a_slow_peer_but_never_more_than_the_cap(tmp_path, quick_ramp):
+    scp = SlowScp()
+    try:
+        config = make_config(tmp_path, scp.port, send_batch_size=2)
+        config = config.__class__(**{**config.__dict__, "max_associations": 3})
+        _, uids = study_zip(tmp_path, "study.zip", seed=40, n_series=4, per_series=30)
+        [outcome] = process_all(config)
+    finally:
+        scp.server.shutdown()
+    assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
+    assert scp.most == 3
+
+
+def test_a_peer_that_rejects_further_associations_gets_everything_with_no_failure_logged(tmp_path, quick_ramp, caplog):
+    scp = SlowScp(maximum_associations=1)  # A-ASSOCIATE-RJ "local limit exceeded" beyond one
+    try:
+        config = make_config(tmp_path, scp.port, send_batch_size=2)
+        _, uids = study_zip(tmp_path, "study.zip", seed=41, n_series=2, per_series=30)
+        with caplog.at_level(logging.INFO, logger="zip2pacs"):
+            [outcome] = process_all(config)
+    finally:
+        scp.server.shutdown()
+    assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
+    assert "going on with 1 association(s)" in caplog.text  # the ramp tried, and took the answer
+    assert not [r for r in caplog.records if r.name.startswith("zip2pacs") and r.levelno >= logging.WARNING]
