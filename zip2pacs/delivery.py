@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import sender
+from . import logcontext, sender
 from .config import Config
 from .contexts import Group, plan_groups
 from .dedup import Seen, decide
@@ -97,6 +97,10 @@ class Delivery:
 
     def run(self, zip_path: Path, work: Path) -> Attempt:
         """Run the attempt to its end and return what happened."""
+        with logcontext.about_zip(self.zip_name, self.attempt.names):  # what the libraries log names this ZIP
+            return self._run(zip_path, work)
+
+    def _run(self, zip_path: Path, work: Path) -> Attempt:
         self.progress.start(self.zip_name, 0, 0)
         self._start_sender(None)
         try:
@@ -195,7 +199,8 @@ class Delivery:
             raise _Interrupted  # a large ZIP must not hold up a shutdown
         if self.start.known_duplicate():
             raise _Duplicate
-        detection = detect(f.path, f.sha256, f.size)
+        with logcontext.about(f.arcname):  # pydicom's warnings while it reads the file name this entry
+            detection = detect(f.path, f.sha256, f.size)
         self.attempt.names[f.path] = f.arcname
         inst = detection.instance
         if detection.kind is not Kind.INSTANCE or inst is None:
@@ -260,7 +265,8 @@ class Delivery:
                     return None
 
     def _send_loop(self, warm: Group | None) -> None:
-        with sender.Connection(self.peer) as connection:  # one association for the ZIP's batches, mostly
+        # One association for the ZIP's batches, mostly; what the libraries log in this thread names the ZIP.
+        with logcontext.about_zip(self.zip_name, self.attempt.names), sender.Connection(self.peer) as connection:
             try:
                 self._send_batches(connection, warm)
             finally:

@@ -64,13 +64,15 @@ MIGRATIONS: dict[int, str] = {
     # the ZIP's hash was known, so that only that file's record adopts it. tried_seconds: time spent trying,
     # measured between looks with each gap capped, so a clock jump neither gives up at once nor stalls.
     # kept_files: delivered ZIPs left in the watch folder (behavior.move_zip_to_archive: false), by identity.
-    # pending: instances not stored yet, to be tried again; duplicate_copies: copies of the ZIP archived since.
+    # pending: instances not stored yet, to be tried again; duplicate_copies: copies of the ZIP archived since;
+    # attempts_at_reset: its attempts when --retry-failed sent it round again (the back-off starts over).
     3: """
     ALTER TABLE instances ADD COLUMN claim TEXT;
     CREATE INDEX instances_by_claim ON instances (claim) WHERE zip_id IS NULL;
     ALTER TABLE zips ADD COLUMN tried_seconds REAL NOT NULL DEFAULT 0;
     ALTER TABLE zips ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE zips ADD COLUMN duplicate_copies INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE zips ADD COLUMN attempts_at_reset INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE kept_files (
         identity TEXT NOT NULL,
         peer TEXT NOT NULL,
@@ -100,6 +102,7 @@ class ZipRecord:
     next_retry: float | None
     last_error: str
     tried_seconds: float = 0.0  # time spent trying to deliver it, clock jumps excluded
+    attempts_at_reset: int = 0  # attempts before --retry-failed sent it round again
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,11 @@ class Counts:
         return text + (f"; changed {self.changed}" if self.changed else "")
 
 
-_ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error, tried_seconds"
+_ZIP_COLUMNS = "id, sha256, name, state, first_seen, attempts, next_retry, last_error, tried_seconds, attempts_at_reset"
 
 
 def _zip(row: tuple) -> ZipRecord:
-    return ZipRecord(row[0], row[1], row[2], ZipState(row[3]), row[4], row[5], row[6], row[7], row[8])
+    return ZipRecord(row[0], row[1], row[2], ZipState(row[3]), *row[4:])
 
 
 class Ledger:
@@ -265,7 +268,8 @@ class Ledger:
         Its attempts, first-seen time and history carry over: they say how long it has been a problem.
         """
         self._rows(
-            "UPDATE zips SET state=?, next_retry=NULL, updated=?, tried_seconds=0 WHERE sha256=? AND peer=? AND state=?",
+            "UPDATE zips SET state=?, next_retry=NULL, updated=?, tried_seconds=0, attempts_at_reset=attempts "
+            "WHERE sha256=? AND peer=? AND state=?",
             (ZipState.PENDING.value, time.time(), sha256, peer, ZipState.FAILED.value),
         )
 

@@ -221,7 +221,7 @@ class Pipeline:
             why = f"gave up after {record.attempts} attempt(s); last error: {why}"
             return self._fail(z, start, record, counts, why, started, [])
         c = self.config
-        delay = backoff_delay(record.attempts, c.retry_base_seconds, c.retry_max_seconds)
+        delay = backoff_delay(record.attempts - record.attempts_at_reset, c.retry_base_seconds, c.retry_max_seconds)
         if "behavior.unreadable_zip_grace_seconds" in why:
             delay = max(delay, record.first_seen + c.unreadable_zip_grace_seconds - now + 1.0)
         if self.stop.is_set():

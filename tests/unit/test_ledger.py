@@ -72,13 +72,14 @@ def test_zip_finish_records_state_counts_and_retry(tmp_path):
         assert ledger.recent_failures()[0][2:] == ("refused", "/f/a.zip")
 
 
-def test_reset_failed_gives_a_fresh_budget(tmp_path):
+def test_reset_failed_gives_a_fresh_budget_and_keeps_the_count_of_attempts(tmp_path):
     with Ledger(tmp_path / "l.db") as ledger:
         record = ledger.zip_begin("zz", PEER, "a.zip", 10, 1.0)
-        ledger.zip_finish(record.id, ZipState.FAILED, Counts(), error="x")
+        ledger.zip_finish(record.id, ZipState.FAILED, Counts(), error="x", spent=100.0)
         ledger.reset_failed("zz", PEER)
         again = ledger.zip_by_sha("zz", PEER)
-        assert again.state is ZipState.PENDING and again.attempts == 0
+        assert again.state is ZipState.PENDING and again.attempts == 1 and again.tried_seconds == 0
+        assert again.attempts_at_reset == 1  # the back-off starts over
 
 
 def test_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path):
