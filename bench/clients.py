@@ -102,11 +102,14 @@ def _measure(
 
 
 class Watcher:
-    """dicom_zip_watcher.py --once on a fresh copy of the corpus ZIP, a fresh ledger and fresh folders."""
+    """dicom_zip_watcher.py --once on a fresh copy of the corpus ZIP, a fresh ledger and fresh folders.
 
-    def __init__(self, max_associations: int):
+    ``max_associations`` None leaves the key out of the config: the watcher's default configuration.
+    """
+
+    def __init__(self, max_associations: int | None):
         self.max_associations = max_associations
-        self.name = f"watcher ma={max_associations}"
+        self.name = "watcher default" if max_associations is None else f"watcher ma={max_associations}"
         self.source = "ZIP"
 
     def prepare(self, run_dir: Path, corpus: Corpus, receiver: Receiver, keys: set[str]) -> Path:
@@ -120,7 +123,7 @@ class Watcher:
             "peer_ae_title": AET,
             "local_ae_title": "ZIPWATCHER",
         }
-        if "dicom.max_associations" in keys:
+        if "dicom.max_associations" in keys and self.max_associations is not None:
             dicom["max_associations"] = self.max_associations
         config = {
             "paths": {

@@ -1,4 +1,7 @@
-"""The benchmark corpora: synthetic CT studies from fixed seeds, as extracted files and as a deflated ZIP."""
+"""The benchmark corpora: synthetic CT studies from fixed seeds, as extracted files and as a deflated ZIP.
+
+``random`` pixels hardly deflate; ``phantom`` pixels (bench/phantom.py) deflate like real CT, to about 45%.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import phantom
 
 from zip2pacs.synth import write_study, zip_folder
 
@@ -21,6 +26,7 @@ class Spec:
     rows: int
     cols: int
     seed: int  # study i uses seed + i
+    pixels: str = "random"  # random | phantom (a noisy body phantom that deflates like real CT)
 
     @property
     def count(self) -> int:
@@ -40,6 +46,11 @@ class Corpus:
     def mb(self) -> float:
         return self.total_bytes / 1e6
 
+    @property
+    def deflated(self) -> float:
+        """Return the ZIP's size over the files' (headers and directory included)."""
+        return self.zip_bytes / self.total_bytes
+
 
 FULL = (
     Spec("ct", "1,000 CT slices, 512x512 16-bit (0.5 MB each)", 1, 4, 250, 512, 512, 1000),
@@ -49,13 +60,25 @@ QUICK = (
     Spec("ct-quick", "100 CT slices, 512x512 16-bit (quick)", 1, 2, 50, 512, 512, 1000),
     Spec("small-quick", "500 small instances, 64x64 16-bit (quick)", 5, 2, 50, 64, 64, 2000),
 )
+# Deflated ZIPs that look like real exports: the loopback targets of the remote-PACS issue, and the WAN runs.
+REALISTIC = (
+    Spec(
+        "ct-real", "500 CT slices, 512x512, body phantom (deflates like real CT)", 1, 2, 250, 512, 512, 4000, "phantom"
+    ),
+    Spec("small-real", "2,000 small instances, 64x64, body phantom", 10, 2, 100, 64, 64, 5000, "phantom"),
+)
+WAN = (
+    Spec("ct-wan", "100 CT slices, 512x512, body phantom", 1, 2, 50, 512, 512, 6000, "phantom"),
+    Spec("small-wan", "300 small instances, 64x64, body phantom", 3, 2, 50, 64, 64, 7000, "phantom"),
+)
 BIG = Spec("big", "6,000 CT slices, 512x512 16-bit (3 GB ZIP)", 6, 4, 250, 512, 512, 3000)
 
 
 def _write_one(args: tuple[Path, int, Spec]) -> None:
     folder, seed, spec = args
     patient = (f"BENCH^{spec.name.upper()}{seed}", f"B{seed}")
-    write_study(folder, seed, spec.series, spec.per_series, spec.rows, spec.cols, patient)
+    write = phantom.write_study if spec.pixels == "phantom" else write_study
+    write(folder, seed, spec.series, spec.per_series, spec.rows, spec.cols, patient)
 
 
 def build(spec: Spec, cache: Path, workers: int = 2) -> Corpus:
