@@ -303,10 +303,13 @@ def _store_group(
             why = f"cannot read the file ({mode.value}): {exc.strerror or exc}"
             record(index, StoreResult(instance, Outcome.TRANSIENT, None, why))
             continue
-        except _BUGS as exc:
-            record(index, StoreResult(instance, Outcome.TRANSIENT, None, f"unexpected error: {type(exc).__name__}"))
-            raise  # the attempt stops; the ZIP stays pending and the traceback is logged once
-        except Exception as exc:  # pydicom cannot read, decode or encode this file: a verdict on the file
+        except Exception as exc:
+            if lane is None and not assoc.is_established:  # send_c_store() refuses a dead association
+                raise _Aborted(index, "the peer ended the association", first_request) from exc
+            if isinstance(exc, _BUGS):
+                record(index, StoreResult(instance, Outcome.TRANSIENT, None, f"unexpected error: {type(exc).__name__}"))
+                raise  # the attempt stops; the ZIP stays pending and the traceback is logged once
+            # pydicom cannot read, decode or encode this file: a verdict on the file
             detail = f"cannot send ({mode.value}): {type(exc).__name__}: {exc}"
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
