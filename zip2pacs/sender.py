@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_context
 from pynetdicom.association import Association
-from pynetdicom.status import (
-    STATUS_CANCEL,
-    STATUS_SUCCESS,
-    STATUS_WARNING,
-    STORAGE_SERVICE_CLASS_STATUS,
-    code_to_category,
-)
 
 from . import logcontext
 from .association import NothingAccepted, Peer, PeerUnavailable, associate
@@ -26,38 +17,22 @@ from .contexts import (
     LITTLE_ENDIAN,
     UNCOMPRESSED,
     Context,
-    Decompress,
     Group,
     Mode,
     choose,
     payload,
     plan_groups,
     syntax_name,
-    why_not_decompressed,
 )
 from .dimse import Lane, LaneClosed, accepted_contexts, open_lane
 from .sniff import Instance
+from .verdicts import Outcome, StoreResult, no_context, refusal_diagnosis, result_of
 
 __all__ = ["NothingAccepted", "Outcome", "Peer", "PeerUnavailable", "StoreResult", "store"]
 
 LOGGER = logging.getLogger(__name__)
 
 REUSE_IDLE_SECONDS = 10.0  # an association idle longer than this is released rather than reused
-
-
-class Outcome(enum.Enum):
-    STORED = "stored"  # 0x0000
-    WARNING = "warning"  # stored with a warning status
-    TRANSIENT = "transient"  # try again later (no response, abort, 0xA7xx)
-    PERMANENT = "permanent"  # the peer refuses this instance for good
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    instance: Instance
-    outcome: Outcome
-    status: int | None  # the C-STORE status, None when no response came
-    detail: str  # human-readable: status in words, error comment, refusal reason
 
 
 def store(
@@ -158,7 +133,7 @@ class Connection:
                 assoc = self._association_for(group)
             except NothingAccepted:
                 for index in todo:
-                    detail = _no_context(instances[index], group, [], self.peer.decompress)
+                    detail = no_context(instances[index], group, [], self.peer.decompress)
                     record(index, StoreResult(instances[index], Outcome.PERMANENT, None, detail))
                 return
             try:
@@ -183,7 +158,7 @@ class Connection:
         self.first_request_aborts = self.first_request_aborts + 1 if exc.first_request else 0
         if self.first_request_aborts >= 2 and not self.answered_ever:
             # Nothing was ever answered: the peer refuses us, or this instance; the peer is the likelier.
-            raise _PeerWide(_refusal_diagnosis(self.peer, exc.why))
+            raise _PeerWide(refusal_diagnosis(self.peer, exc.why))
         if exc.index in aborted:
             why = f"the peer aborted the association twice while receiving this instance ({exc.why})"
             record(exc.index, StoreResult(instances[exc.index], Outcome.PERMANENT, None, why))
@@ -286,7 +261,7 @@ def _store_group(
         instance = instances[index]
         mode = choose(instance, accepted, policy)
         if mode is None:
-            detail = _no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
+            detail = no_context(instance, group, accepted.get(instance.sop_class_uid, []), policy)
             record(index, StoreResult(instance, Outcome.PERMANENT, None, detail))
             continue
         first_request = connection.answered == 0
@@ -322,18 +297,7 @@ def _store_group(
         connection.answered += 1
         connection.answered_ever += 1
         connection.first_request_aborts = 0
-        record(index, _result(instance, code, comment, mode))
-
-
-def _refusal_diagnosis(peer: Peer, why: str) -> str:
-    """Say what most likely makes a peer abort every association at its first C-STORE, before any response."""
-    me = peer.local_ae_title
-    return (
-        f"the peer aborted the association at the first C-STORE request, twice, before any response ({why}): "
-        f"it most likely does not allow our AE title {me} to store. On Orthanc, add {me} to DicomModalities "
-        f'(e.g. "watcher": ["{me}", "<this machine\'s address>", 104]) or set "DicomAlwaysAllowStore": true, '
-        f"then restart Orthanc; on another PACS, register {me} as a sending AE title"
-    )
+        record(index, result_of(instance, code, comment, mode))
 
 
 def _send_one(
@@ -362,45 +326,3 @@ def _send_one(
     syntax = next((ts for ts in candidates if lane.context_id(instance.sop_class_uid, ts) is not None), own)
     response = lane.store_dataset(dataset, syntax, message_id)
     return response.status, response.error_comment
-
-
-def _no_context(instance: Instance, group: Group, accepted: Collection[str], policy: Decompress) -> str:
-    """Say which SOP class and syntaxes were proposed, which the peer took, and why no decoding was tried."""
-    proposed = dict.fromkeys(
-        ts for c in group.contexts if c.abstract_syntax == instance.sop_class_uid for ts in c.transfer_syntaxes
-    )
-    taken = ", ".join(syntax_name(ts) for ts in dict.fromkeys(accepted)) or "none"
-    detail = (
-        f"peer accepted no presentation context for {syntax_name(instance.sop_class_uid)} "
-        f"in {', '.join(syntax_name(ts) for ts in proposed)} (accepted for this SOP class: {taken})"
-    )
-    why = why_not_decompressed(instance.transfer_syntax, policy)
-    if why and why != "it is not compressed":
-        detail += f"; not sent decompressed: {why}"
-    return detail
-
-
-def _result(instance: Instance, code: int | None, comment: str, mode: Mode) -> StoreResult:
-    """Classify a C-STORE response status (None when no response came)."""
-    if code is None:
-        return StoreResult(
-            instance,
-            Outcome.TRANSIENT,
-            None,
-            "no response (timeout or association aborted)",
-        )
-    category = code_to_category(code)
-    words = STORAGE_SERVICE_CLASS_STATUS.get(code, (category, ""))[1] or category
-    detail = f"0x{code:04X} {words} ({mode.value})"
-    if comment:
-        detail += f": {comment}"
-    if category == STATUS_SUCCESS:
-        outcome = Outcome.STORED
-    elif category == STATUS_WARNING:
-        outcome = Outcome.WARNING
-        LOGGER.warning("%s stored with warning %s", instance.sop_instance_uid, detail)
-    elif category == STATUS_CANCEL or code & 0xFF00 == 0xA700 or code == 0x0213:
-        outcome = Outcome.TRANSIENT  # out of resources: the same instance may go later
-    else:
-        outcome = Outcome.PERMANENT
-    return StoreResult(instance, outcome, code, detail)
