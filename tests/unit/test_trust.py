@@ -394,3 +394,44 @@ def test_a_file_an_antivirus_removes_before_detection_leaves_the_zip_pending_not
     monkeypatch.setattr(delivery, "detect", real)
     [again] = process_all(config)
     assert again.state is ZipState.DELIVERED and set(uids) <= set(scp.stored)
+
+
+ORIGINAL_CONFIG = """\
+paths:
+  watch_dir: "{root}/incoming"
+  work_dir: "{root}/work"
+  archive_dir: "{root}/archive"
+  state_db: "{root}/state/processed.sqlite3"
+
+dicom:
+  local_ae_title: "ZIPWATCHER"
+  local_port: 4011          # Orthanc needs a known port
+  peer_host: "127.0.0.1"
+  peer_port: {port}
+  peer_ae_title: "TESTPACS"
+  max_pdu: 131072
+  use_tls: false
+
+behavior:
+  dedup_policy: "uid_then_sha256"
+  poll_interval_seconds: 5
+  wait_zip_complete_seconds: 10
+  send_batch_size: 128
+  delete_extracted_after_upload: true
+  move_zip_to_archive: true
+
+logging:
+  level: "DEBUG"
+  file: "{root}/logs/uploader.log"
+  enable_pynetdicom_debug: false
+"""
+
+
+def test_the_original_scripts_config_file_passes_check_as_it_is(tmp_path, scp, capsys):  # noqa: F811
+    from zip2pacs.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(ORIGINAL_CONFIG.format(root=tmp_path, port=scp.port))
+
+    assert main([str(path), "--check"]) == 0
+    assert "Configuration" in capsys.readouterr().out
