@@ -209,6 +209,17 @@ class Ledger:
             (ZipState.PENDING.value, time.time(), sha256, peer, ZipState.FAILED.value),
         )
 
+    def forget_partial_copies(self, name: str, peer: str, keep_id: int, marker: str) -> int:
+        """Delete pending records of earlier bytes under this name that did not open as a ZIP (``marker`` in
+        their error) and delivered nothing: looks at a copy still under way. Return how many."""
+        with self._lock:
+            cursor = self.db.execute(
+                "DELETE FROM zips WHERE name=? AND peer=? AND id<>? AND state=? AND instr(last_error, ?) > 0 "
+                "AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.zip_id = zips.id)",
+                (name, peer, keep_id, ZipState.PENDING.value, marker),
+            )
+            return cursor.rowcount
+
     def history(self, zip_id: int) -> list[dict[str, object]]:
         """Return the ZIP's attempts that did not deliver, oldest first."""
         row = self._row("SELECT history FROM zips WHERE id=?", (zip_id,))

@@ -25,6 +25,8 @@ from .zipstart import ClaimedZip, ZipStart
 
 LOGGER = logging.getLogger(__name__)
 
+STILL_COPYING = "maybe still being copied"  # in the error of a pending ZIP that did not open as a ZIP
+
 
 @dataclass(frozen=True)
 class ZipOutcome:
@@ -125,6 +127,8 @@ class Pipeline:
             )
             return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
         self.ledger.adopt_deliveries(record.id, self.peer.key, start.claim.identity)
+        # Looks at the same name while its copy was under way made records of bytes that no longer exist.
+        self.ledger.forget_partial_copies(z.path.name, self.peer.key, record.id, STILL_COPYING)
         sent = a.count(Outcome.STORED) + a.count(Outcome.WARNING)
         permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
         pending = a.count(Outcome.TRANSIENT) + a.unsent
@@ -170,7 +174,7 @@ class Pipeline:
         if isinstance(a.archive_error, UnreadableZip) and not self._settled(record):
             grace = self.config.unreadable_zip_grace_seconds
             return (
-                f"{a.archive_error}; maybe still being copied: judged corrupt only once unchanged for {grace:.0f} s "
+                f"{a.archive_error}; {STILL_COPYING}: judged corrupt only once unchanged for {grace:.0f} s "
                 "(behavior.unreadable_zip_grace_seconds)"
             )
         return ""

@@ -147,6 +147,8 @@ def test_a_zip_whose_copy_stalled_stays_pending_and_is_delivered_once_complete(t
     [second] = process_all(config)
     assert second.state is ZipState.DELIVERED
     assert sorted(scp.stored) == sorted(uids)
+    with Ledger(config.state_db) as ledger:
+        assert ledger.pending() == []  # the look at the half copy is not left pending in --status
 
 
 def test_an_unreadable_zip_unchanged_for_the_grace_period_is_failed(tmp_path, scp):  # noqa: F811
