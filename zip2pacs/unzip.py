@@ -14,7 +14,6 @@ import hashlib
 import logging
 import lzma
 import os
-import re
 import shutil
 import stat
 import struct
@@ -25,19 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .entrynames import decode_name, safe_parts, shown, suffixed
+
 LOGGER = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 RATIO_FLOOR = 1024 * 1024  # small entries compress well legitimately; judge the ratio only beyond this
 DISK_CHECK_EVERY = 64 * 1024 * 1024
-MAX_COMPONENT_BYTES = 200  # below the usual 255-byte limit, leaving room for "~N" and ".contents"
 MAX_PATH_BYTES = 3000  # below PATH_MAX (4096) once dest itself is prepended
 SUPPORTED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 10: "PKWARE DCL Implode", 93: "Zstandard", 95: "XZ",
                 96: "JPEG", 97: "WavPack", 98: "PPMd", 99: "AES encryption"}  # fmt: skip
-_INVALID_CHARS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
-_DRIVE = re.compile(r"^[A-Za-z]:")
-_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
 # Whatever zipfile or a decompressor raises while reading means the ZIP cannot be read as it is; an OSError
 # is this machine's (EIO, a file locked or removed) unless it is a seek the ZIP's own offsets made invalid.
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError,
@@ -159,7 +156,7 @@ class _Run:
         self.renamed = 0
 
     def archive(self, path: Path | BinaryIO, prefix: tuple[str, ...], label: str, depth: int) -> None:
-        subject = f"nested ZIP {_shown(label[:-1])}" if label else "the ZIP"
+        subject = f"nested ZIP {shown(label[:-1])}" if label else "the ZIP"
         try:
             zf = zipfile.ZipFile(path)
         except _READ_ERRORS as exc:
@@ -175,22 +172,22 @@ class _Run:
                 files = [i for i in infos if not (i.filename.endswith("/") or stat.S_ISDIR(i.external_attr >> 16))]
                 self.on_listing(len(files), sum(i.file_size for i in files))
             for info in infos:
-                self.entry(zf, info, prefix, label + _decode_name(info), depth)
+                self.entry(zf, info, prefix, label + decode_name(info), depth)
 
     def check_declared(self, infos: list[zipfile.ZipInfo], label: str, subject: str) -> None:
         self.entries += len(infos)
         if self.entries > self.limits.max_entries:
             raise UnsafeArchive(f"{self.entries} entries, more than the limit of {self.limits.max_entries}")
         for info in infos:
-            name = label + _decode_name(info)
+            name = label + decode_name(info)
             if info.flag_bits & 0x1:
-                raise CorruptArchive(f"entry {_shown(name)} is encrypted (password-protected ZIPs are not supported)")
+                raise CorruptArchive(f"entry {shown(name)} is encrypted (password-protected ZIPs are not supported)")
             if info.compress_type not in SUPPORTED_METHODS:
                 method = METHOD_NAMES.get(info.compress_type, "unknown")
                 raise CorruptArchive(
-                    f"entry {_shown(name)} uses compression method {info.compress_type} ({method}), which is not supported"
+                    f"entry {shown(name)} uses compression method {info.compress_type} ({method}), which is not supported"
                 )
-            self.check_sizes(f"entry {_shown(name)}", self.written, info.file_size, info.compress_size, "declares")
+            self.check_sizes(f"entry {shown(name)}", self.written, info.file_size, info.compress_size, "declares")
         declared = sum(info.file_size for info in infos)
         self.check_sizes(subject, self.written + declared, 0, 0, "declares")
         self.check_disk(declared)
@@ -218,7 +215,7 @@ class _Run:
             )
 
     def skip(self, arcname: str, reason: str) -> None:
-        LOGGER.debug("%s: entry %s skipped: %s", self.zip_name, _shown(arcname), reason)  # the pipeline warns
+        LOGGER.debug("%s: entry %s skipped: %s", self.zip_name, shown(arcname), reason)  # the pipeline warns
         self.skipped.append((arcname, reason))
 
     def entry(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, prefix: tuple[str, ...], arc: str, depth: int) -> None:
@@ -229,7 +226,7 @@ class _Run:
             return self.skip(arc, "symbolic link (links are never extracted)")
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             return self.skip(arc, "special file (device, FIFO or socket)")
-        parts = _safe_parts(_decode_name(info))
+        parts = safe_parts(decode_name(info))
         rel = self.place(prefix + parts) if parts else self.made_name(prefix)
         path = self.dest.joinpath(*rel)
         if len(str(path).encode()) > MAX_PATH_BYTES:
@@ -241,14 +238,14 @@ class _Run:
             out = self.create(path)
         except OSError as exc:
             if exc.errno not in _NAME_ERRNOS:
-                raise local_error(exc, path.parent, f"create {_shown(arc)}") from exc
-            LOGGER.debug("%s: entry %s: name refused (%s); written under a made name", self.zip_name, _shown(arc), exc)
+                raise local_error(exc, path.parent, f"create {shown(arc)}") from exc
+            LOGGER.debug("%s: entry %s: name refused (%s); written under a made name", self.zip_name, shown(arc), exc)
             rel = self.made_name(prefix)
             path = self.dest.joinpath(*rel)
             try:
                 out = self.create(path)
             except OSError as again:
-                raise local_error(again, path.parent, f"create {_shown(arc)}") from again
+                raise local_error(again, path.parent, f"create {shown(arc)}") from again
         size, digest = self.copy(zf, info, out, path, arc)
         extracted = ExtractedFile(path, arc, size, digest)
         if info.filename.casefold().endswith(".zip") and depth < self.limits.nested_zip_depth:
@@ -256,7 +253,7 @@ class _Run:
             try:
                 self.archive(path, contents, arc + "/", depth + 1)
             except CorruptArchive as exc:  # kept as a file: detection, by content, has the last word on it
-                LOGGER.debug("%s: nested ZIP %s could not be read, kept as a file: %s", self.zip_name, _shown(arc), exc)
+                LOGGER.debug("%s: nested ZIP %s could not be read, kept as a file: %s", self.zip_name, shown(arc), exc)
             else:
                 path.unlink()
                 return None
@@ -275,7 +272,7 @@ class _Run:
         return self.place(prefix + (f"~entry{self.renamed:06d}",))
 
     def copy(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: BinaryIO, path: Path, arc: str) -> tuple[int, str]:
-        digest, size, subject = hashlib.sha256(), 0, f"entry {_shown(arc)}"
+        digest, size, subject = hashlib.sha256(), 0, f"entry {shown(arc)}"
         try:
             with out:
                 try:
@@ -316,7 +313,7 @@ class _Run:
             want_dir = as_dir or i < len(parts) - 1
             n = 0
             while True:
-                name = part if n == 0 else _suffixed(part, n)
+                name = part if n == 0 else suffixed(part, n)
                 key = "/".join([*placed, name]).casefold()
                 held = self.taken.get(key)
                 if held is None:
@@ -328,36 +325,3 @@ class _Run:
                 n += 1
             placed.append(name)
         return tuple(placed)
-
-
-def _decode_name(info: zipfile.ZipInfo) -> str:
-    """Return the entry name, preferring UTF-8 when a tool wrote UTF-8 bytes without setting the flag."""
-    if info.flag_bits & 0x800:
-        return info.filename
-    try:
-        return info.filename.encode("cp437").decode("utf-8")
-    except UnicodeError:
-        return info.filename
-
-
-def _safe_parts(name: str) -> tuple[str, ...]:
-    """Return the components of ``name`` that are safe as file names on Linux and Windows alike."""
-    parts = []
-    for raw in re.split(r"[/\\]", _DRIVE.sub("", name.lstrip("/\\"))):
-        part = _INVALID_CHARS.sub("_", raw).rstrip(". ")  # "..", "." and Windows-invalid endings vanish
-        if not part:
-            continue
-        if part.split(".")[0].upper() in _RESERVED:
-            part = "_" + part
-        parts.append(part.encode()[:MAX_COMPONENT_BYTES].decode(errors="ignore").rstrip(". ") or "_")
-    return tuple(parts)
-
-
-def _shown(name: str) -> str:
-    """Return ``name`` quoted for a message, cut short: a ZIP entry name may be 64 KiB long."""
-    return repr(name if len(name) <= 200 else name[:200] + "...")
-
-
-def _suffixed(name: str, n: int) -> str:
-    stem, dot, ext = name.rpartition(".")
-    return f"{stem}~{n}.{ext}" if dot and stem else f"{name}~{n}"
