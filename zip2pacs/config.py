@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from .contexts import Decompress
-from .paths import resolve_path
+from .paths import layout_problems, resolve_path
 from .peer import Peer
 from .tls import TlsSettings
 from .tls import problems as tls_problems
@@ -238,39 +237,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return text + (f" ({exc.context})" if exc.context else "")
 
 
-def _kind_problem(key: str, path: Path) -> str | None:
-    """Return a problem when a folder key names a file, or a file key a folder, or either lies under a file."""
-    folder = key in FOLDER_KEYS
-    try:
-        if path.exists() and path.is_dir() != folder:
-            return f"At '{key}': expected a {'folder' if folder else 'file'}, got the {'file' if folder else 'folder'} {path}"
-        above = next((p for p in path.parents if p.exists()), None)
-    except OSError:  # unreadable: creating or opening it will say why
-        return None
-    if above is not None and not above.is_dir():
-        return f"At '{key}': expected a {'folder' if folder else 'file'}, got {path}, under the file {above}"
-    return None
-
-
-def _layout_problems(values: dict[str, Any]) -> list[str]:
-    """Return a problem for each path of the wrong kind and each folder that is or lies inside another one."""
-    keys = FOLDER_KEYS + FILE_KEYS  # folders first, so a folder is only ever compared with folders
-    problems = [p for key in keys if (p := _kind_problem(key, values[key]))]
-    # Symlinks, '..' and Windows drive paths all resolve to what the program will really use.
-    real = {key: Path(os.path.realpath(values[key])) for key in keys}
-    for i, key in enumerate(keys):
-        for other in keys[:i]:
-            kind = "file" if key in FILE_KEYS else "folder"
-            if real[key] == real[other]:
-                same = f"the same {kind}" if (key in FILE_KEYS) == (other in FILE_KEYS) else "the same path"
-                problems.append(f"At '{key}': expected a {kind} apart from {other}, got {values[key]}, {same}")
-            elif key in FOLDER_KEYS and real[key].is_relative_to(real[other]):
-                problems.append(f"At '{key}': expected a folder apart from {other}, got {values[key]}, inside it")
-            elif key in FOLDER_KEYS and real[other].is_relative_to(real[key]):
-                problems.append(f"At '{other}': expected a folder apart from {key}, got {values[other]}, inside it")
-    return problems
-
-
 def parse_config(raw: Any, source: Path) -> Config:
     """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -304,7 +270,7 @@ def parse_config(raw: Any, source: Path) -> Config:
     if not problems and values["behavior.retry_max_seconds"] < values["behavior.retry_base_seconds"]:
         problems.append("At 'behavior.retry_max_seconds': expected a number >= behavior.retry_base_seconds")
     if all(values[key] is not None for key in FOLDER_KEYS + FILE_KEYS):
-        problems.extend(_layout_problems(values))
+        problems.extend(layout_problems(values, FOLDER_KEYS, FILE_KEYS))
     tls = None
     if values["dicom.use_tls"] and not any(p.startswith("At 'tls.") for p in problems):
         if values["tls.ca_file"] is None:
