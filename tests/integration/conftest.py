@@ -356,3 +356,175 @@ def storescp_factory(tmp_path: Path) -> Iterator[Callable[[list[str]], StoreSCP]
     yield start
     for scp in started:
         scp.stop()
+
+
+# --- An Orthanc with Debian's DICOMweb plugin (orthanc-dicomweb), Basic auth, and HTTPS through a TLS proxy. ---
+
+import base64  # noqa: E402  (this section was added after the others)
+import select  # noqa: E402
+import ssl  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.certificates import Pki  # imported when used: it skips without 'cryptography'
+
+DICOMWEB_USER, DICOMWEB_PASSWORD = "watcher", "s3cret-for-tests"
+# Orthanc refuses (a Lua error) any instance whose Series Description is this: a storage failure on one instance.
+DICOMWEB_REFUSED_SERIES = "REFUSED BY LUA"
+
+
+def dicomweb_plugin() -> str | None:
+    """Return the path of Orthanc's DICOMweb plugin, or None when it is not installed."""
+    candidates = [os.environ.get("ORTHANC_DICOMWEB_PLUGIN", ""), "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"]
+    candidates += sorted(str(p) for p in Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"))
+    return next((c for c in candidates if c and os.path.isfile(c)), None)
+
+
+class DicomWebOrthanc(Orthanc):
+    """An Orthanc serving DICOMweb at /dicom-web/ (plain HTTP) with Basic auth; its REST helpers log in."""
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def config(self) -> dict[str, object]:
+        lua = self.root / "refuse.lua"
+        lua.write_text(
+            "function ReceivedInstanceFilter(dicom, origin, info)\n"
+            f"  if dicom.SeriesDescription == '{DICOMWEB_REFUSED_SERIES}' then error('refused by the test') end\n"
+            "  return true\nend\n",
+            encoding="utf-8",
+        )
+        return {
+            **super().config(),
+            "Plugins": [dicomweb_plugin()],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {DICOMWEB_USER: DICOMWEB_PASSWORD},
+            "LuaScripts": [str(lua)],
+        }
+
+    def request(self, method: str, path: str, body: object = None) -> object:
+        data = json.dumps(body).encode() if body is not None else None
+        return json.loads(self.raw(method, path, data) or b"null")
+
+    def raw(self, method: str, path: str, data: bytes | None = None) -> bytes:
+        """Call the REST API with our credentials and return the answer's bytes."""
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        token = base64.b64encode(f"{DICOMWEB_USER}:{DICOMWEB_PASSWORD}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return bytes(resp.read())
+
+
+class TlsProxy:
+    """HTTPS in front of a plain HTTP port on loopback, optionally asking for a client certificate.
+
+    Debian's Orthanc 1.10.1 dies (SIGSEGV) on the first request to its own HTTPS port on this OpenSSL 3 system,
+    so TLS is terminated here, by Python's ssl module, and the bytes go on to Orthanc unchanged.
+    """
+
+    def __init__(self, backend_port: int, pki: Pki, client_certificates: bool = False):
+        self.backend_port = backend_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(pki.server_cert, pki.server_key)
+        if client_certificates:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(pki.ca_file)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"  # the server certificate names 127.0.0.1
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed by stop()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(client, server_side=True)
+        except OSError:  # a handshake the client gave up (it does not trust us) or we refused (no certificate)
+            client.close()
+            return
+        backend = socket.create_connection(("127.0.0.1", self.backend_port))
+        with self.lock:
+            self.open.update((tls, backend))
+        try:  # one thread per connection: an SSL socket must not be read and written by two threads at once
+            while True:
+                ready = [tls] if tls.pending() else select.select([tls, backend], [], [])[0]
+                for source in ready:
+                    data = source.recv(256 * 1024)
+                    if not data:
+                        return
+                    (backend if source is tls else tls).sendall(data)
+        except (OSError, ValueError):
+            return  # a side closed, or stop() closed both
+        finally:
+            with self.lock:
+                self.open.difference_update((tls, backend))
+            tls.close()
+            backend.close()
+
+    def stop(self) -> None:
+        """Stop listening and end every connection still open (a shutdown wakes accept() and select(); close does not)."""
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(timeout=10)
+        with self.lock:
+            for sock in list(self.open):
+                if not isinstance(sock, ssl.SSLSocket):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(scope="session")
+def dicomweb_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away PKI (tests/certificates.py) for the TLS proxies."""
+    from tests.certificates import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("dicomweb-pki"))
+
+
+@pytest.fixture(scope="session")
+def dicomweb_orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomWebOrthanc]:
+    """An Orthanc with the DICOMweb plugin and Basic auth, shared by the session."""
+    if not os.access(ORTHANC_BIN, os.X_OK):
+        missing(f"Orthanc ({ORTHANC_BIN})")
+    if dicomweb_plugin() is None:
+        missing("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb)")
+    server = DicomWebOrthanc(tmp_path_factory.mktemp("orthanc-dicomweb"), "dicomweb")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dicomweb_orthanc(dicomweb_orthanc_server: DicomWebOrthanc) -> DicomWebOrthanc:
+    """The shared DICOMweb Orthanc, emptied before the test."""
+    dicomweb_orthanc_server.clear()
+    return dicomweb_orthanc_server
+
+
+@pytest.fixture(scope="session")
+def dicomweb_https(dicomweb_orthanc_server: DicomWebOrthanc, dicomweb_pki: Pki) -> Iterator[TlsProxy]:
+    """HTTPS (server certificate from dicomweb_pki's CA) in front of the DICOMweb Orthanc."""
+    proxy = TlsProxy(dicomweb_orthanc_server.http_port, dicomweb_pki)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def dicomweb_mutual_tls(dicomweb_orthanc_server: DicomWebOrthanc, dicomweb_pki: Pki) -> Iterator[TlsProxy]:
+    """HTTPS in front of the DICOMweb Orthanc that takes only clients with a certificate from dicomweb_pki's CA."""
+    proxy = TlsProxy(dicomweb_orthanc_server.http_port, dicomweb_pki, client_certificates=True)
+    yield proxy
+    proxy.stop()
