@@ -18,7 +18,7 @@ apt_install() {
 
 # The integration tests start their own Orthanc and dcmtk storescp on free loopback ports.
 # (pynetdicom also installs a "storescp" on PATH, so look for dcmtk's by its path.)
-if [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/storescp ]; then
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/storescp ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
     apt_install orthanc dcmtk orthanc-dicomweb
     # The package may start a system Orthanc on 4242/8042; the tests do not need it, so stop the one we installed.
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
