@@ -10,7 +10,7 @@ import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import __version__, logcontext, probe
+from . import __version__, legacy, logcontext, probe
 from .association import PeerUnavailable
 from .config import Config, ConfigError, load_config
 from .contexts import syntax_name
@@ -191,6 +191,9 @@ def status(config: Config) -> int:
     """Print the ledger summary; a ledger that does not exist yet is not created."""
     if not config.state_db.exists():
         print(f"Ledger {config.state_db}: none yet (no watcher has run with {config.source})")
+        return EXIT_OK
+    if legacy.awaiting_import(config.state_db):  # opening it would add the ledger's tables before its backup
+        print(f"Ledger {config.state_db}: the original script's state file; the first start backs it up and imports it")
         return EXIT_OK
     with Ledger(config.state_db) as ledger:
         print(status_text(ledger, config))

@@ -60,6 +60,21 @@ def _imported(db: sqlite3.Connection, tables: set[str]) -> bool:
     return "imported_original" in tables and db.execute("SELECT 1 FROM imported_original").fetchone() is not None
 
 
+def awaiting_import(path: Path) -> bool:
+    """Return True for the original script's state file whose history was not imported yet; read only."""
+    if not path.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = _tables(db)
+            return ORIGINAL_TABLES.issubset(tables) and not _imported(db, tables)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
 def backup_if_original(path: Path, busy_timeout: float = 10.0) -> Path | None:
     """Copy an original state file not imported yet to ``NAME.before-upgrade`` (or ``-1``, ``-2``...); return it.
 

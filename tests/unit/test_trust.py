@@ -437,3 +437,17 @@ def test_the_original_scripts_config_file_passes_check_as_it_is(tmp_path, scp, c
 
     assert main([str(path), "--check"]) == 0
     assert "Configuration" in capsys.readouterr().out
+
+
+def test_status_before_the_first_start_leaves_the_original_state_file_untouched(tmp_path, scp, capsys):  # noqa: F811
+    from zip2pacs.cli import main
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(ORIGINAL_CONFIG.format(root=tmp_path, port=scp.port))
+    state = tmp_path / "state" / "processed.sqlite3"
+    original_state(state, zips=[("cd" * 32, "old.zip")])
+    before = state.read_bytes()
+
+    assert main([str(config_path), "--status"]) == 0
+    assert "first start backs it up and imports it" in capsys.readouterr().out
+    assert state.read_bytes() == before
