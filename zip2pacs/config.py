@@ -85,7 +85,7 @@ KEYS: tuple[Key, ...] = (
     Key("dicom", "acse_timeout", "float", 30.0, "Seconds to wait for association set-up/release.", _positive),
     Key("dicom", "dimse_timeout", "float", 60.0, "Seconds to wait for a C-STORE/C-ECHO response.", _positive),
     Key("dicom", "network_timeout", "float", 60.0, "Seconds of network silence before aborting.", _positive),
-    Key("dicom", "max_associations", "int", 4, "Most associations sending one ZIP at once: the watcher starts with one and adds one while it raises the rate.", _int_range(1, 16)),
+    Key("dicom", "max_associations", "int", 8, "Most associations sending one ZIP at once: the watcher starts with one and adds one while it raises the rate.", _int_range(1, 16)),
     Key("dicom", "use_tls", "bool", False, "Speak DICOM TLS to the peer (needs tls.ca_file)."),
     Key("tls", "ca_file", "optional_path", "", "PEM certificates of the CAs that signed the peer's certificate."),
     Key("tls", "cert_file", "optional_path", "", "Our client certificate (PEM), for peers that require one."),

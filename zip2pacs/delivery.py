@@ -27,6 +27,7 @@ from .zipstart import ZipStart
 
 LOGGER = logging.getLogger(__name__)
 
+RAMP_EVERY = 4  # results between two looks of the senders at the ramp
 WARM_TIMEOUT = 3.0  # seconds a further association may take to be accepted before the ramp stops
 
 
@@ -94,6 +95,7 @@ class Delivery:
         self.ramp = Ramp(config.max_associations)
         self.senders: list[threading.Thread] = []
         self.completed = 0  # C-STORE results so far, for the ramp's rates
+        self.contexts: Group | None = None  # the contexts of the latest batch: what a further association proposes
 
     def run(self, zip_path: Path, work: Path) -> Attempt:
         """Run the attempt to its end and return what happened."""
@@ -135,8 +137,9 @@ class Delivery:
             if self.batch:
                 self._put(self.batch)
             self.extracted.set()
-            for thread in list(self.senders):
-                thread.join()
+            while alive := [thread for thread in self.senders if thread.is_alive()]:
+                for thread in alive:  # the ramp may start one more until the last batch is taken
+                    thread.join()
         self._send_spares()
         self.progress.finish()
         return self.attempt
@@ -237,8 +240,8 @@ class Delivery:
 
     def _put(self, batch: list[Instance]) -> None:
         """Queue a batch; while batches wait for a sender, the ramp may start one more (see ramp.py)."""
-        if not self.halt.is_set() and self.ramp.want_more(self.completed, self.batches.full()):
-            self._start_sender(plan_groups(batch, policy=self.peer.decompress)[0])
+        self.contexts = plan_groups(batch, policy=self.peer.decompress)[0]
+        self._consider_ramp()
         while True:  # blocks while the senders are behind: bounded memory and disk lead
             try:
                 self.batches.put(batch, timeout=0.5)
@@ -247,6 +250,14 @@ class Delivery:
                 if not any(thread.is_alive() for thread in self.senders):
                     self._halt("no sender is left")  # never wait for ever; these stay unsent
                     return
+
+    def _consider_ramp(self) -> None:
+        """Start one more sender when the ramp says so: batches wait, and the last addition raised the rate."""
+        if self.halt.is_set() or self.contexts is None:
+            return
+        with self.lock:  # the extractor and the senders ask
+            if self.ramp.want_more(self.completed, backlog=not self.batches.empty()):
+                self._start_sender(self.contexts)
 
     def _start_sender(self, warm: Group | None) -> None:
         thread = threading.Thread(target=self._send_loop, args=(warm,), name=f"sender-{len(self.senders)}")
@@ -327,6 +338,8 @@ class Delivery:
 
     def _record(self, r: StoreResult) -> None:
         self.completed += 1  # read by the ramp only: an approximate count is enough
+        if self.completed % RAMP_EVERY == 0:
+            self._consider_ramp()  # also once the extraction is over and batches still wait
         i = r.instance
         if r.outcome in (Outcome.STORED, Outcome.WARNING):
             record = self.start.record  # None until the hash is known: adopted at the end
