@@ -256,7 +256,7 @@ class Delivery:
         if self.halt.is_set() or self.contexts is None:
             return
         with self.lock:  # the extractor and the senders ask
-            if self.ramp.want_more(self.completed, backlog=not self.batches.empty()):
+            for _ in range(self.ramp.more(self.completed, backlog=not self.batches.empty())):
                 self._start_sender(self.contexts)
 
     def _start_sender(self, warm: Group | None) -> None:

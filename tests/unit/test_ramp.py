@@ -24,36 +24,40 @@ class Clock:
         return self.now
 
 
-def test_the_ramp_adds_while_the_rate_grows_and_stops_at_the_first_addition_that_did_not_help():
+def test_the_ramp_doubles_while_the_rate_grows_and_stops_at_the_first_step_that_did_not_help():
     clock = Clock()
-    r = Ramp(cap=8, clock=clock)
-    assert not r.want_more(100, backlog=False)  # nothing waits: one association is enough
-    clock.now = 0.5
-    assert not r.want_more(100, backlog=True)  # too soon to judge
+    r = Ramp(cap=16, clock=clock)
+    assert r.more(100, backlog=False) == 0  # nothing waits: one association is enough
+    clock.now = 0.1
+    assert r.more(100, backlog=True) == 0  # too soon to judge
     clock.now = 1.0
-    assert r.want_more(100, backlog=True) and r.size == 2  # 100/s with one
+    assert r.more(100, backlog=True) == 1 and r.size == 2  # 100/s with one: try two
     clock.now = 1.5
-    assert not r.want_more(150, backlog=True)  # the second association is not accepted yet
+    assert r.more(150, backlog=True) == 0  # the second association is not accepted yet
     r.opened(150)
     clock.now = 2.5
-    assert r.want_more(350, backlog=True) and r.size == 3  # 200/s with two: worth a third
+    assert r.more(350, backlog=True) == 2 and r.size == 4  # 200/s with two: try four
+    r.opened(350)
     r.opened(350)
     clock.now = 3.5
-    assert not r.want_more(560, backlog=True) and r.size == 3  # 210/s with three: no gain, stay
+    assert r.more(560, backlog=True) == 0 and r.size == 4  # 210/s with four: no gain, stay
     assert r.closed and "did not raise" in r.why
 
 
 def test_the_ramp_never_passes_the_cap_and_a_refusal_stops_it_one_lower():
     clock = Clock()
-    r = Ramp(cap=2, clock=clock)
+    r = Ramp(cap=3, clock=clock)
     clock.now = 1.0
-    assert r.want_more(50, backlog=True) and r.size == 2
+    assert r.more(50, backlog=True) == 1 and r.size == 2
     r.opened(50)
+    clock.now = 2.0
+    assert r.more(500, backlog=True) == 1 and r.size == 3  # the cap, not a doubling
+    r.opened(500)
     clock.now = 10.0
-    assert not r.want_more(10_000, backlog=True) and r.size == 2
+    assert r.more(10_000, backlog=True) == 0 and r.size == 3
     refused = Ramp(cap=4, clock=clock)
     clock.now = 20.0
-    assert refused.want_more(50, backlog=True)
+    assert refused.more(50, backlog=True) == 1
     refused.refused("local limit exceeded")
     assert refused.size == 1 and refused.closed
 
@@ -100,8 +104,8 @@ def quick_ramp(monkeypatch):
     monkeypatch.setattr(ramp, "SETTLE_RESULTS", 2)
     monkeypatch.setattr(ramp, "GAIN", 0.0)  # every addition counts as a gain: the cap is what stops it
     monkeypatch.setattr(delivery, "WARM_TIMEOUT", 1.0)
-    judged = Ramp.want_more
-    monkeypatch.setattr(Ramp, "want_more", lambda self, done, backlog: judged(self, done, True))  # as if batches wait
+    judged = Ramp.more
+    monkeypatch.setattr(Ramp, "more", lambda self, done, backlog: judged(self, done, True))  # as if batches wait
 
 
 def test_the_ramp_opens_more_associations_to_a_slow_peer_but_never_more_than_the_cap(tmp_path, quick_ramp):
