@@ -27,7 +27,9 @@ def test_polling_observer_wakes_the_daemon_long_before_the_rescan(workspace, spa
     # The rescan would come only after 60 s: delivery within seconds proves the observer's wake-up.
     config = workspace.write_config(port, behavior={"observer": "polling", "poll_interval_seconds": 60})
     proc = spawn_cli([config])
-    wait_until(lambda: workspace.log_file.exists() and "polling observer" in workspace.log_file.read_text(), 20, "start")
+    wait_until(
+        lambda: workspace.log_file.exists() and "polling observer" in workspace.log_file.read_text(), 20, "start"
+    )
     assert "behavior.observer is polling" in workspace.log_file.read_text()
 
     source = workspace.root / "src"
