@@ -7,18 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-
-APT_UPDATED=""
-apt_install() {
-    if [ -z "$APT_UPDATED" ]; then
-        $SUDO apt-get update -q
-        APT_UPDATED=1
-    fi
-    $SUDO apt-get install -y -q --no-install-recommends "$@"
-}
+. scripts/apt.sh  # apt_install: "apt-get update" once, sudo only when not root
 
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3 python3-venv

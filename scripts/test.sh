@@ -3,18 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-
-APT_UPDATED=""
-apt_install() {
-    if [ -z "$APT_UPDATED" ]; then
-        $SUDO apt-get update -q
-        APT_UPDATED=1
-    fi
-    $SUDO apt-get install -y -q --no-install-recommends "$@"
-}
+. scripts/apt.sh  # apt_install: "apt-get update" once, sudo only when not root
 
 # The integration tests start their own Orthanc and dcmtk storescp on free loopback ports.
 # (pynetdicom also installs a "storescp" on PATH, so look for dcmtk's by its path.)
