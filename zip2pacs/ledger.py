@@ -198,6 +198,22 @@ class Ledger:
             ),
         )
 
+    def settle(self, zip_id: int, state: ZipState, final_path: str, error: str = "") -> None:
+        """Set a ZIP's state and final path, keeping its counts (another destination decided where the ZIP went)."""
+        if error:
+            history, attempts = self._row("SELECT history, attempts FROM zips WHERE id=?", (zip_id,)) or ("[]", 0)
+            entries = json.loads(history)
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            entries.append({"attempt": attempts, "at": at, "state": state.value, "error": error})
+            self._rows(
+                "UPDATE zips SET history=?, last_error=? WHERE id=?",
+                (json.dumps(entries[-HISTORY_KEPT:]), error, zip_id),
+            )
+        self._rows(
+            "UPDATE zips SET state=?, final_path=?, next_retry=NULL, updated=? WHERE id=?",
+            (state.value, final_path, time.time(), zip_id),
+        )
+
     def reset_failed(self, sha256: str, peer: str) -> None:
         """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed).
 
