@@ -156,6 +156,7 @@ class Config:
     log_backup_count: int
     log_pynetdicom_debug: bool
     destinations: tuple[Destination, ...] = ()
+    destinations_given: bool = False  # False: the one destination is the `dicom:` section
 
 
 def _fits_unquoted(kind: str, text: str) -> bool:
@@ -331,6 +332,7 @@ def parse_config(raw: Any, source: Path) -> Config:
         log_backup_count=v["logging.backup_count"],
         log_pynetdicom_debug=v["logging.enable_pynetdicom_debug"],
         destinations=destinations,
+        destinations_given=raw.get("destinations") is not None,
     )
 
 

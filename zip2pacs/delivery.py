@@ -17,7 +17,7 @@ from . import logcontext, sender
 from .config import Config
 from .contexts import Group, plan_groups
 from .dedup import Seen, decide
-from .destinations import Destination
+from .destinations import DEFAULT_NAME, Destination, dimse
 from .ledger import Ledger
 from .progress import Progress
 from .ramp import Ramp
@@ -89,7 +89,8 @@ class Delivery:
         self.config, self.ledger, self.start, self.zip_name = config, ledger, start, zip_name
         self.stop, self.progress = stop, progress
         self.hash_first = hash_first  # send nothing before the ZIP's hash says it is not a delivered one
-        self.destination = destination or config.destinations[0]
+        # None: the `dicom:` section's peer, exactly as before destinations existed
+        self.destination = destination or dimse(DEFAULT_NAME, config.peer, config.max_associations)
         self.key = self.destination.key
         self.peer = self.destination.peer or config.peer  # a stowrs destination uses it for batch planning only
         self.tag = tag or zip_name  # what log lines call the ZIP (with the destination's name when several)
@@ -327,9 +328,15 @@ class Delivery:
                 results = connection.store(batch, on_result=self._record)
             except UNAVAILABLE as exc:
                 LOGGER.warning("%s: %s is unavailable: %s", self.tag, self.key, exc)
-                self._halt(f"peer unavailable: {exc}")
+                self._halt(f"{'destination' if isinstance(exc, DestinationUnavailable) else 'peer'} unavailable: {exc}")
                 continue
             except Exception as exc:
+                if isinstance(exc, OSError) and isinstance(connection, StowConnection):
+                    # STOW-RS reads each file while it sends: one locked or removed under us is this machine's fault
+                    with self.lock:
+                        self.attempt.local_error = self.attempt.local_error or LocalError(f"cannot read a file: {exc}")
+                    self._halt(f"cannot read a file: {exc}")
+                    continue
                 with self.lock:
                     self.attempt.unexpected = self.attempt.unexpected or exc
                 self._halt(f"unexpected error while sending: {type(exc).__name__}: {exc}")

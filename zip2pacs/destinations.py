@@ -47,6 +47,10 @@ def _str(v: Any) -> str | None:
     return None if isinstance(v, str) and v.strip() else "a string"
 
 
+def _optional_path(v: Any) -> str | None:
+    return None if isinstance(v, str) else "a file path ('' = none)"
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "true or false"
 
@@ -76,13 +80,13 @@ DIMSE_KEYS: dict[str, Check] = {
 }
 STOW_KEYS: dict[str, Check] = {
     "url": _str,
-    "ca_file": _str,
+    "ca_file": _optional_path,
     "verify": _bool,
-    "cert_file": _str,
-    "key_file": _str,
+    "cert_file": _optional_path,
+    "key_file": _optional_path,
     "username": _str,
     "password": _str,
-    "token_file": _str,
+    "token_file": _optional_path,
     "token_env": _str,
     "max_instances": _int(1, 100_000),
     "max_mb": _int(1, 2**20),

@@ -344,7 +344,11 @@ class Ledger:
 
     def recent_failures(self, limit: int = 10) -> list[tuple[str, float, str, str]]:
         """Return (name, updated, last_error, final_path) of the latest failed ZIPs."""
+        return [row[:1] + row[2:] for row in self.recent_failures_by_peer(limit)]  # type: ignore[misc]
+
+    def recent_failures_by_peer(self, limit: int = 10) -> list[tuple[str, str, float, str, str]]:
+        """Return (name, peer, updated, last_error, final_path) of the latest failed ZIPs."""
         return self._rows(
-            "SELECT name, updated, last_error, final_path FROM zips WHERE state=? ORDER BY updated DESC LIMIT ?",
+            "SELECT name, peer, updated, last_error, final_path FROM zips WHERE state=? ORDER BY updated DESC LIMIT ?",
             (ZipState.FAILED.value, limit),
         )

@@ -48,6 +48,8 @@ class Pipeline:
         self.progress = progress or Progress()
         self.ledger = ledger
         self.peer = config.peer
+        # The ledger key of the one destination (several: see fanout.py); the dicom: section's peer by default.
+        self.key = config.destinations[0].key if config.destinations_given else config.peer.key
         self.destinations = config.destinations
         self.several = len(self.destinations) > 1
         self.skip_not_due = False  # the service loop sets it: a destination whose retry is not due waits
@@ -55,7 +57,7 @@ class Pipeline:
         self._bytes = 0  # the attempt's uncompressed bytes, for the rates of its final line
         self._associations = 0  # ... and the associations it made
         # ZIPs imported from the original script are known by their hash alone: wait for it before sending.
-        self.hash_first = legacy.has_zips_known_only_by_hash(ledger, self.peer.key)
+        self.hash_first = legacy.has_zips_known_only_by_hash(ledger, config.peer.key)
 
     # --- scheduling ------------------------------------------------------------------------------
 
@@ -66,7 +68,7 @@ class Pipeline:
         """
         if self.several:
             return any(self._due_for(z, d, now) for d in self.destinations)
-        record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, self.peer.key)
+        record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, self.key)
         if record is None or record.state is not ZipState.PENDING or record.next_retry is None:
             return True
         wait = record.next_retry - (now or time.time())
@@ -114,7 +116,7 @@ class Pipeline:
         try:
             if self.several:
                 return fan_out(self, z, claim, work, started, max_gap)
-            start = ZipStart(self.ledger, self.peer.key, claim, max_gap)  # hashing starts
+            start = ZipStart(self.ledger, self.key, claim, max_gap)  # hashing starts
             return self._attempt(z, start, work, started)
         finally:
             claim.close()
@@ -122,10 +124,11 @@ class Pipeline:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
-        delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first)
+        d = self.destinations[0] if self.config.destinations_given else None
+        delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first, d)
         a = delivery.run(z.path, work)
         self._bytes, self._associations = a.total_bytes or z.size, a.associations
-        leg = self.judge(z, Leg(self.destinations[0], start), a, started, give_up=False)
+        leg = self.judge(z, Leg(delivery.destination, start), a, started, give_up=False)
         record = leg.record
         if record is None:
             known = start.duplicate_of
@@ -136,7 +139,7 @@ class Pipeline:
                 "%s: duplicate of %s, already delivered to %s; archived as %s",
                 z.path.name,
                 known.name,
-                self.peer.key,
+                self.key,
                 target.name,
             )
             return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
@@ -245,7 +248,7 @@ class Pipeline:
 
     def kept(self, z: ReadyZip) -> bool:
         """Return True for a delivered ZIP left in the watch folder (``move_zip_to_archive: false``): not taken again."""
-        keys = [d.key for d in self.destinations] if self.several else [self.peer.key]
+        keys = [d.key for d in self.destinations] if self.several else [self.key]
         return not self.config.move_zip_to_archive and all(self.ledger.is_kept(z.identity, k) for k in keys)
 
     def _move(self, z: ReadyZip, start: ZipStart, folder: Path) -> Path:
@@ -256,7 +259,7 @@ class Pipeline:
         claim = start.claim
         if folder == self.config.archive_dir and not self.config.move_zip_to_archive:
             record = start.record or start.duplicate_of
-            self.ledger.keep_file(claim.identity, self.peer.key, record.id if record else None)
+            self.ledger.keep_file(claim.identity, self.key, record.id if record else None)
             return z.path
         target, moved = move_claimed(z.path, claim.file, claim.identity, folder)
         if not moved:
@@ -308,7 +311,7 @@ class Pipeline:
                 "zip": z.path.name,
                 "sha256": record.sha256,
                 "destination": self.destinations[0].name,
-                "peer": self.peer.key,
+                "peer": self.key,
                 "reason": why,
                 "entries": [{"name": n, "problem": p} for n, p in entries],
                 "counts": asdict(counts),
