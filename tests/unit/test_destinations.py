@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 from pathlib import Path
@@ -30,10 +31,10 @@ def dimse(name: str, port: int) -> dict:
     return {"name": name, "kind": "dimse", "peer_host": "127.0.0.1", "peer_port": port, "peer_ae_title": "TESTPACS"}
 
 
-def make_config(root: Path, destinations: list[dict] | None, port: int = 4242):
+def make_config(root: Path, destinations: list[dict] | None, port: int = 4242, **behavior):
     raw = {
         "dicom": {"peer_port": port, "peer_ae_title": "TESTPACS", **TIMEOUTS},
-        "behavior": BEHAVIOR,
+        "behavior": {**BEHAVIOR, **behavior},
         "limits": {"min_free_disk_mb": 0},
     }
     if destinations is not None:
@@ -120,12 +121,15 @@ def test_every_problem_of_the_destinations_is_reported_at_once_naming_where(tmp_
     assert "At 'destinations[3].kind': expected one of dimse, stowrs, got 'ftp'" in problems
 
 
-def test_one_destination_down_leaves_the_zip_pending_for_it_alone_and_the_other_gets_everything_once(tmp_path):
+def test_one_destination_down_leaves_the_zip_pending_for_it_alone_and_the_other_gets_everything_once(tmp_path, caplog):
     a, port = RecordingSCP(), free_port()
     config = make_config(tmp_path, [dimse("local", a.port), dimse("tele", port)])
     zip_path, uids = study_zip(tmp_path, "study.zip", seed=41)
     try:
-        assert run_once(config) is False
+        with caplog.at_level(logging.INFO, logger="zip2pacs"):
+            assert run_once(config) is False
+        assert "study.zip [tele]: " in caplog.text and "study.zip: local: delivered" in caplog.text
+        assert "study.zip: tele: pending" in caplog.text
         assert zip_path.exists() and sorted(a.stored) == sorted(uids)
         with Ledger(config.state_db) as ledger:
             [(name, key, _, _, error)] = ledger.pending()
@@ -226,3 +230,15 @@ def test_the_commented_destinations_example_in_config_yaml_is_valid(tmp_path):
     example = "\n".join(line[1:] for line in lines[begin:] if line.startswith("#"))
     config = parse_config(yaml.safe_load(example), tmp_path / "config.yaml")
     assert [(d.name, d.kind) for d in config.destinations] == [("local", "dimse"), ("cloud", "stowrs")]
+
+
+def test_a_destination_past_its_retry_budget_sends_the_zip_to_failed_and_the_other_stays_delivered(tmp_path, two):
+    a, _ = two
+    config = make_config(tmp_path, [dimse("local", a.port), dimse("tele", free_port())], give_up_after_hours=1e-9)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=46)
+    assert run_once(config) is False
+    assert (config.failed_dir / "study.zip").exists() and sorted(a.stored) == sorted(uids)
+    reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
+    assert reason["destination"] == "tele" and reason["reason"].startswith("tele: gave up after 1 attempt(s)")
+    with Ledger(config.state_db) as ledger:
+        assert ledger.zips_by_state() == {"delivered": 1, "failed": 1}
