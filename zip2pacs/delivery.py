@@ -43,6 +43,7 @@ class Attempt:
     skipped: int = 0
     changed: int = 0
     filtered: int = 0  # instances the destination's filter does not take: neither sent nor pending
+    retry_after: float = 0.0  # seconds a STOW-RS server asked us to wait (Retry-After), 0 when it did not
     queued: int = 0  # instances that had to be sent
     results: list[StoreResult] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
@@ -327,6 +328,7 @@ class Delivery:
             try:
                 results = connection.store(batch, on_result=self._record)
             except UNAVAILABLE as exc:
+                self._wait_asked(getattr(exc, "retry_after", None))
                 LOGGER.warning("%s: %s is unavailable: %s", self.tag, self.key, exc)
                 self._halt(f"{'destination' if isinstance(exc, DestinationUnavailable) else 'peer'} unavailable: {exc}")
                 continue
@@ -343,11 +345,18 @@ class Delivery:
                 continue
             with self.lock:
                 self.attempt.results.extend(results)
+            self._wait_asked(getattr(connection, "retry_after", None))
             transient = [r.detail for r in results if r.outcome is Outcome.TRANSIENT]
             if transient:
                 # One line for the batch: a CD of 500 images must not give 500 warnings.
                 LOGGER.warning("%s: %d instance(s) not stored this time: %s", self.tag, len(transient), transient[0])
                 self._halt(transient[0])  # keep the rest for the retry
+
+    def _wait_asked(self, seconds: float | None) -> None:
+        """Remember the longest wait a server asked for (STOW-RS Retry-After): the next retry is not sooner."""
+        if seconds:
+            with self.lock:
+                self.attempt.retry_after = max(self.attempt.retry_after, seconds)
 
     def _delivered_before(self) -> bool:
         """Wait for the ZIP's hash; return True when it shows a ZIP delivered before (unreadable: let it go on)."""

@@ -50,6 +50,7 @@ class Leg:
     counts: Counts = field(default_factory=Counts)
     why: str = ""
     entries: list[tuple[str, str]] = field(default_factory=list)
+    retry_after: float = 0.0  # the destination asked us to wait this long (STOW-RS Retry-After)
     zip_level: bool = False  # the verdict is about the ZIP itself (corrupt, no DICOM): the same for every destination
 
 
@@ -171,7 +172,7 @@ def _postpone(p: Pipeline, z: ReadyZip, legs: list[Leg], started: float) -> ZipO
         if leg.state is ZipState.DELIVERED:
             p.ledger.zip_finish(leg.record.id, ZipState.DELIVERED, leg.counts, spent=spent)
             continue
-        delay = p.retry_delay(leg.record, leg.why)
+        delay = p.retry_delay(leg.record, leg.why, leg.retry_after)
         p.ledger.zip_finish(leg.record.id, ZipState.PENDING, leg.counts, leg.why, now + delay, spent=spent)
         LOGGER.warning(
             "%s: attempt %d incomplete for %s (%s); next try in %.0f s",

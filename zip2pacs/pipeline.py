@@ -144,7 +144,7 @@ class Pipeline:
             )
             return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
         if leg.state is ZipState.PENDING:
-            return self._postpone(z, start, record, leg.counts, leg.why, started)
+            return self._postpone(z, start, record, leg.counts, leg.why, started, leg.retry_after)
         if leg.state is ZipState.FAILED:
             return self._fail(z, start, record, leg.counts, leg.why, started, leg.entries)
         target = self._move(z, start, self.config.archive_dir)
@@ -167,7 +167,7 @@ class Pipeline:
         if record is None:
             leg.state = ZipState.DUPLICATE
             return leg
-        leg.record = record
+        leg.record, leg.retry_after = record, a.retry_after
         self.ledger.adopt_deliveries(record.id, d.key, start.claim.identity)
         # Looks at the same name while its copy was under way made records of bytes that no longer exist.
         self.ledger.forget_partial_copies(z.path.name, d.key, record.id, STILL_COPYING)
@@ -211,10 +211,14 @@ class Pipeline:
             leg.why = f"gave up after {record.attempts} attempt(s); last error: {leg.why}"
         return leg
 
-    def retry_delay(self, record: ZipRecord, why: str) -> float:
-        """Return the seconds to wait before the next attempt at a pending ZIP (0 after a shutdown)."""
+    def retry_delay(self, record: ZipRecord, why: str, asked: float = 0.0) -> float:
+        """Return the seconds to wait before the next attempt at a pending ZIP (0 after a shutdown).
+
+        ``asked`` is the wait the destination asked for (STOW-RS Retry-After), kept to at most retry_max_seconds.
+        """
         c = self.config
         delay = backoff_delay(record.attempts - record.attempts_at_reset, c.retry_base_seconds, c.retry_max_seconds)
+        delay = max(delay, min(asked, c.retry_max_seconds))
         if "behavior.unreadable_zip_grace_seconds" in why:
             delay = max(delay, record.first_seen + c.unreadable_zip_grace_seconds - time.time() + 1.0)
         if self.stop.is_set():
@@ -281,13 +285,20 @@ class Pipeline:
         )
 
     def _postpone(
-        self, z: ReadyZip, start: ZipStart, record: ZipRecord, counts: Counts, why: str, started: float
+        self,
+        z: ReadyZip,
+        start: ZipStart,
+        record: ZipRecord,
+        counts: Counts,
+        why: str,
+        started: float,
+        asked: float = 0.0,
     ) -> ZipOutcome:
         now, spent = time.time(), time.monotonic() - started
         if record.tried_seconds + spent > self.config.give_up_after_hours * 3600:
             why = f"gave up after {record.attempts} attempt(s); last error: {why}"
             return self._fail(z, start, record, counts, why, started, [])
-        delay = self.retry_delay(record, why)
+        delay = self.retry_delay(record, why, asked)
         self.ledger.zip_finish(record.id, ZipState.PENDING, counts, error=why, next_retry=now + delay, spent=spent)
         LOGGER.warning("%s: attempt %d incomplete (%s); next try in %.0f s", z.path.name, record.attempts, why, delay)
         return self._report(z, ZipState.PENDING, counts, started, error=why)
