@@ -63,3 +63,23 @@ def test_a_busy_stowrs_destination_waits_as_long_as_its_retry_after_asks_and_the
         assert sorted(stored) == sorted(uids) and scp.requests == requests_before
     finally:
         scp.stop()
+
+
+def test_check_prints_a_block_per_destination_and_fails_when_one_refuses_our_credentials(tmp_path, stow_server, capsys):
+    from zip2pacs import cli
+
+    answers = {"GET": 200}
+    web = stow_server(lambda seen: (answers["GET"], {}, b"[]"))
+    scp = RecordingSCP()
+    try:
+        config = make_config(tmp_path, [dimse("local", scp.port), stowrs("web", web)])
+        assert cli.check(config) == cli.EXIT_OK
+        out = capsys.readouterr().out
+        assert "Destination local (dimse" in out and "C-ECHO OK" in out
+        assert "Destination web (stowrs" in out and "answers QIDO-RS (HTTP 200)" in out and "Not verified:" in out
+        answers["GET"] = 401
+        assert cli.check(config) == cli.EXIT_UNDELIVERED
+        assert "Check failed:" in capsys.readouterr().out
+    finally:
+        scp.stop()
+    assert [seen.path for seen in web.seen] == ["/dicom-web/studies?limit=1"] * 2  # nothing was stored
