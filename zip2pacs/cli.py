@@ -10,17 +10,19 @@ import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import __version__, legacy, logcontext, probe
+from . import __version__, legacy, logcontext, probe, stowrs
 from .association import PeerUnavailable
 from .config import Config, ConfigError, load_config
 from .contexts import syntax_name
 from .daemon import AlreadyRunning, run_forever, run_once, single_instance
 from .demo import run_demo
 from .ledger import Ledger
+from .peer import Peer
 from .probe import SHORT_SYNTAX_NAMES
 from .progress import LogProgress, TerminalProgress
 from .report import status_text
 from .retry import move_back, plan_retry
+from .stowrs import StowSettings
 
 LOGGER = logging.getLogger("zip2pacs")
 
@@ -140,10 +142,43 @@ def create_folders(config: Config) -> list[str]:
 
 
 def check(config: Config) -> int:
-    """Print the configuration summary, then what one probing association learnt: echo, SOP classes, syntaxes."""
-    peer = config.peer
+    """Print the configuration summary, then one block per destination: what its probe proved, and what not."""
     print(f"Configuration {config.source}: OK")
     print(f"Watch folder {config.watch_dir}; ledger {config.state_db}")
+    if len(config.destinations) == 1 and config.destinations[0].peer is not None:
+        return check_dimse(config.destinations[0].peer)
+    code = EXIT_OK
+    for d in config.destinations:
+        print(
+            f"\nDestination {d.name} ({d.kind}, {d.key})"
+            + (f", SOP classes {', '.join(sorted(d.sop_classes))}" if d.sop_classes else "")
+        )
+        if d.peer is not None:
+            result = check_dimse(d.peer)
+        else:
+            assert d.stow is not None
+            result = check_stowrs(d.stow)
+        code = max(code, result)
+    return code
+
+
+def check_stowrs(settings: StowSettings) -> int:
+    """Print what a QIDO-RS query proved about a STOW-RS destination, and what it could not."""
+    try:
+        result = stowrs.check(settings)
+    except stowrs.DestinationUnavailable as exc:
+        print(f"Check failed: {exc}")
+        return EXIT_UNDELIVERED
+    print(f"GET {result.url}: HTTP {result.status} in {result.seconds * 1000:.1f} ms")
+    print(f"Proven: {result.proven}")
+    print(f"Not verified: {result.unproven}")
+    if not result.ok:  # no refusal, no QIDO-RS either (a 501, say): only a real STOW-RS request will tell
+        print("Check inconclusive: the server did not refuse us, but did not answer as a DICOMweb service.")
+    return EXIT_OK
+
+
+def check_dimse(peer: Peer) -> int:
+    """Print what one probing association learnt from a DIMSE peer: echo, SOP classes, syntaxes."""
     secure = "DICOM TLS" if peer.tls is not None else "plain TCP (no TLS)"
     print(f"Peer {peer.ae_title} at {peer.host}:{peer.port} over {secure}, calling AE title {peer.local_ae_title}")
     # pynetdicom logs a failed connection (a TLS one with a traceback); the one line below says it all.
@@ -246,9 +281,13 @@ def _deliver(config: Config, once: bool) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     peer = config.peer
-    LOGGER.info(
-        "DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port
-    )
+    if len(config.destinations) > 1 or config.destinations[0].peer is None:
+        where = ", ".join(f"{d.name} ({d.key})" for d in config.destinations)
+        LOGGER.info("DICOM ZIP Watcher %s: %s -> %s", __version__, config.watch_dir, where)
+    else:
+        LOGGER.info(
+            "DICOM ZIP Watcher %s: %s -> %s@%s:%d", __version__, config.watch_dir, peer.ae_title, peer.host, peer.port
+        )
     progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LogProgress()
     if once:
         return EXIT_OK if run_once(config, stop, progress) else EXIT_UNDELIVERED

@@ -11,6 +11,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from .contexts import Decompress
+from .destinations import DEFAULT_NAME, Destination, dimse, parse_destinations
 from .paths import layout_problems, resolve_path
 from .peer import Peer
 from .tls import TlsSettings
@@ -135,7 +136,7 @@ class Config:
     archive_dir: Path
     failed_dir: Path
     state_db: Path
-    peer: Peer
+    peer: Peer  # the first dimse destination (the `dicom:` section when there is no `destinations:`)
     max_associations: int
     poll_interval_seconds: float
     wait_zip_complete_seconds: float
@@ -154,6 +155,8 @@ class Config:
     log_max_bytes: int
     log_backup_count: int
     log_pynetdicom_debug: bool
+    destinations: tuple[Destination, ...] = ()
+    destinations_given: bool = False  # False: the one destination is the `dicom:` section
 
 
 def _fits_unquoted(kind: str, text: str) -> bool:
@@ -244,8 +247,9 @@ def parse_config(raw: Any, source: Path) -> Config:
         raise ConfigError(source, [f"expected a mapping of sections, got {type(raw).__name__}"])
     sections = {k.section for k in KEYS}
     for name in raw:
-        if name not in sections:
-            problems.append(f"At '{name}': unknown section (expected one of {', '.join(sorted(sections))})")
+        if name not in sections and name != "destinations":
+            expected = ", ".join(sorted(sections | {"destinations"}))
+            problems.append(f"At '{name}': unknown section (expected one of {expected})")
     base = source.resolve().parent
     values: dict[str, Any] = {}
     for section in sorted(sections):
@@ -282,9 +286,19 @@ def parse_config(raw: Any, source: Path) -> Config:
                 values["tls.ca_file"], values["tls.cert_file"], values["tls.key_file"], values["tls.verify_hostname"]
             )
             problems.extend(tls_problems(tls))
+    destinations: tuple[Destination, ...] = ()
+    if not problems and raw.get("destinations") is not None:
+        destinations, wrong = parse_destinations(
+            raw["destinations"], base, _peer(values, tls), values["dicom.max_associations"], _host, _ae_title
+        )
+        problems.extend(wrong)
     if problems:
         raise ConfigError(source, problems)
     v = values
+    peer = _peer(v, tls)
+    if not destinations:
+        destinations = (dimse(DEFAULT_NAME, peer, v["dicom.max_associations"]),)
+    first = next((d for d in destinations if d.peer is not None), None)
     return Config(
         source=source,
         watch_dir=v["paths.watch_dir"],
@@ -292,19 +306,7 @@ def parse_config(raw: Any, source: Path) -> Config:
         archive_dir=v["paths.archive_dir"],
         failed_dir=v["paths.failed_dir"],
         state_db=v["paths.state_db"],
-        peer=Peer(
-            host=v["dicom.peer_host"],
-            port=v["dicom.peer_port"],
-            ae_title=v["dicom.peer_ae_title"],
-            local_ae_title=v["dicom.local_ae_title"],
-            local_port=v["dicom.local_port"],
-            max_pdu=v["dicom.max_pdu"],
-            acse_timeout=v["dicom.acse_timeout"],
-            dimse_timeout=v["dicom.dimse_timeout"],
-            network_timeout=v["dicom.network_timeout"],
-            decompress=Decompress(v["behavior.decompress"]),
-            tls=tls,
-        ),
+        peer=first.peer if first is not None and first.peer is not None else peer,
         max_associations=v["dicom.max_associations"],
         poll_interval_seconds=v["behavior.poll_interval_seconds"],
         wait_zip_complete_seconds=v["behavior.wait_zip_complete_seconds"],
@@ -329,4 +331,23 @@ def parse_config(raw: Any, source: Path) -> Config:
         log_max_bytes=v["logging.max_bytes"],
         log_backup_count=v["logging.backup_count"],
         log_pynetdicom_debug=v["logging.enable_pynetdicom_debug"],
+        destinations=destinations,
+        destinations_given=raw.get("destinations") is not None,
+    )
+
+
+def _peer(v: dict[str, Any], tls: TlsSettings | None) -> Peer:
+    """Return the peer the `dicom:` and `tls:` sections describe (also the template of each dimse destination)."""
+    return Peer(
+        host=v["dicom.peer_host"],
+        port=v["dicom.peer_port"],
+        ae_title=v["dicom.peer_ae_title"],
+        local_ae_title=v["dicom.local_ae_title"],
+        local_port=v["dicom.local_port"],
+        max_pdu=v["dicom.max_pdu"],
+        acse_timeout=v["dicom.acse_timeout"],
+        dimse_timeout=v["dicom.dimse_timeout"],
+        network_timeout=v["dicom.network_timeout"],
+        decompress=Decompress(v["behavior.decompress"]),
+        tls=tls,
     )

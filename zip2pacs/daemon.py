@@ -153,6 +153,7 @@ def run_forever(config: Config, stop: threading.Event, progress: Progress | None
     try:
         with single_instance(config), open_ledger(config) as ledger:
             pipeline = Pipeline(config, ledger, stop, progress)
+            pipeline.skip_not_due = True  # with several destinations, one whose retry is not due yet waits
             troubled = Troubled(config)
             while not stop.is_set():
                 for z in tracker.stable(list_zips(config.watch_dir)):

@@ -17,17 +17,20 @@ from . import logcontext, sender
 from .config import Config
 from .contexts import Group, plan_groups
 from .dedup import Seen, decide
+from .destinations import DEFAULT_NAME, Destination, dimse
 from .ledger import Ledger
 from .progress import Progress
 from .ramp import Ramp
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
+from .stowrs import DestinationUnavailable, StowConnection
 from .unzip import ArchiveError, ExtractedFile, LocalError, extract_zip
 from .zipstart import ZipStart
 
 LOGGER = logging.getLogger(__name__)
 
 RAMP_EVERY = 4  # results between two looks of the senders at the ramp
+UNAVAILABLE = (PeerUnavailable, DestinationUnavailable)  # the destination cannot be used now: retried later
 WARM_TIMEOUT = 3.0  # seconds a further association may take to be accepted before the ramp stops
 
 
@@ -39,6 +42,8 @@ class Attempt:
     duplicates: int = 0
     skipped: int = 0
     changed: int = 0
+    filtered: int = 0  # instances the destination's filter does not take: neither sent nor pending
+    retry_after: float = 0.0  # seconds a STOW-RS server asked us to wait (Retry-After), 0 when it did not
     queued: int = 0  # instances that had to be sent
     results: list[StoreResult] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
@@ -68,7 +73,7 @@ class _Duplicate(Exception):
 
 
 class Delivery:
-    """Extract, detect, dedup and send one ZIP, with ``config.peer`` and the ledger."""
+    """Extract, detect, dedup and send one ZIP to one destination (the first configured by default), with the ledger."""
 
     def __init__(
         self,
@@ -79,20 +84,26 @@ class Delivery:
         stop: threading.Event,
         progress: Progress,
         hash_first: bool = False,
+        destination: Destination | None = None,
+        tag: str = "",
     ):
         self.config, self.ledger, self.start, self.zip_name = config, ledger, start, zip_name
         self.stop, self.progress = stop, progress
         self.hash_first = hash_first  # send nothing before the ZIP's hash says it is not a delivered one
-        self.peer = config.peer
+        # None: the `dicom:` section's peer, exactly as before destinations existed
+        self.destination = destination or dimse(DEFAULT_NAME, config.peer, config.max_associations)
+        self.key = self.destination.key
+        self.peer = self.destination.peer or config.peer  # a stowrs destination uses it for batch planning only
+        self.tag = tag or zip_name  # what log lines call the ZIP (with the destination's name when several)
         self.attempt = Attempt()
         self.seen = Seen()
         self.spares: dict[str, list[Instance]] = {}  # SOP Instance UID -> other files of this ZIP holding it
         self.batch: list[Instance] = []
-        self.batches: queue.Queue[list[Instance]] = queue.Queue(maxsize=2 * config.max_associations)
+        self.batches: queue.Queue[list[Instance]] = queue.Queue(maxsize=2 * self.destination.max_associations)
         self.extracted = threading.Event()  # no more batches will come
         self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
         self.lock = threading.Lock()
-        self.ramp = Ramp(config.max_associations)
+        self.ramp = Ramp(self.destination.max_associations)
         self.senders: list[threading.Thread] = []
         self.completed = 0  # C-STORE results so far, for the ramp's rates
         self.contexts: Group | None = None  # the contexts of the latest batch: what a further association proposes
@@ -156,8 +167,9 @@ class Delivery:
                 return
             spares = [self.spares[r.instance.sop_instance_uid].pop(0) for _, r in refused]
             try:
-                results = sender.store(self.peer, spares, on_result=self._record)
-            except PeerUnavailable as exc:
+                with self._connect() as connection:
+                    results = connection.store(spares, on_result=self._record)
+            except UNAVAILABLE as exc:
                 self._halt(f"peer unavailable: {exc}")
                 return
             except Exception as exc:
@@ -173,7 +185,7 @@ class Delivery:
                 # Counted once: the instance is sent (from the spare), the refused copy stays a duplicate.
                 LOGGER.warning(
                     "%s: entry %s could not be sent (%s); the same instance went from %s",
-                    self.zip_name,
+                    self.tag,
                     name,
                     first.detail,
                     spare,
@@ -194,7 +206,7 @@ class Delivery:
         self.progress.update(1, size)
         self.attempt.skipped += 1
         self.attempt.skipped_files.append((arcname, reason))
-        LOGGER.log(level, "%s: entry %s not sent: %s", self.zip_name, arcname, reason)
+        LOGGER.log(level, "%s: entry %s not sent: %s", self.tag, arcname, reason)
 
     def _examine(self, f: ExtractedFile) -> None:
         """Detect one extracted file and queue it when the dedup policy says it must be sent."""
@@ -211,12 +223,17 @@ class Delivery:
             self._skip(f.arcname, detection.reason or detection.kind.value, level, f.size)
             return
         self.attempt.found += 1
-        decision = decide(self.ledger, self.peer.key, self.config.dedup_policy, inst, self.seen)
+        if not self.destination.takes(inst):
+            self.progress.update(1, f.size)
+            self.attempt.filtered += 1
+            LOGGER.debug("%s: entry %s: not for %s (sop_classes)", self.tag, f.arcname, self.destination.name)
+            return
+        decision = decide(self.ledger, self.key, self.config.dedup_policy, inst, self.seen)
         if decision.changed_from is not None:
             self.attempt.changed += 1
             LOGGER.warning(
                 "%s: entry %s: SOP Instance UID %s was delivered before from %s with different bytes (%s)",
-                self.zip_name,
+                self.tag,
                 f.arcname,
                 inst.sop_instance_uid,
                 decision.changed_from.zip_name,
@@ -229,7 +246,7 @@ class Delivery:
                 # Kept in case the first copy cannot be sent (real exports hold broken twins).
                 self.spares.setdefault(inst.sop_instance_uid, []).append(inst)
             why = "another file of this ZIP is the same instance" if decision.in_this_zip else "already delivered"
-            LOGGER.debug("%s: entry %s: %s not sent: %s", self.zip_name, f.arcname, inst.sop_instance_uid, why)
+            LOGGER.debug("%s: entry %s: %s not sent: %s", self.tag, f.arcname, inst.sop_instance_uid, why)
             return
         self.seen.add(inst)
         self.attempt.queued += 1
@@ -277,24 +294,30 @@ class Delivery:
 
     def _send_loop(self, warm: Group | None) -> None:
         # One association for the ZIP's batches, mostly; what the libraries log in this thread names the ZIP.
-        with logcontext.about_zip(self.zip_name, self.attempt.names), sender.Connection(self.peer) as connection:
+        with logcontext.about_zip(self.zip_name, self.attempt.names), self._connect() as connection:
             try:
                 self._send_batches(connection, warm)
             finally:
                 with self.lock:
-                    self.attempt.associations += connection.associations
+                    self.attempt.associations += getattr(connection, "associations", 0)
 
-    def _send_batches(self, connection: sender.Connection, warm: Group | None) -> None:
-        if warm is not None:
+    def _connect(self) -> sender.Connection | StowConnection:
+        """Return a new connection to the destination: associations with a DIMSE peer, or one HTTP session."""
+        if self.destination.stow is not None:
+            return StowConnection(self.destination.stow)
+        return sender.Connection(self.peer)
+
+    def _send_batches(self, connection: sender.Connection | StowConnection, warm: Group | None) -> None:
+        if warm is not None and isinstance(connection, sender.Connection):  # the ramp adds DIMSE senders only
             # A further association is made before it takes a batch: a peer that refuses it, or serves one
             # association at a time and keeps it waiting, must not hold a batch up.
             why = connection.warm(warm, min(self.peer.acse_timeout, WARM_TIMEOUT))
             if why:
                 self.ramp.refused(f"the peer took no further association ({why})")
-                LOGGER.info("%s: going on with %d association(s): %s", self.zip_name, self.ramp.size, why)
+                LOGGER.info("%s: going on with %d association(s): %s", self.tag, self.ramp.size, why)
                 return
             self.ramp.opened(self.completed)
-            LOGGER.debug("%s: association %d opened", self.zip_name, self.ramp.size)
+            LOGGER.debug("%s: association %d opened", self.tag, self.ramp.size)
         while (batch := self._next_batch()) is not None:
             if self.stop.is_set():
                 self._halt("stopped before sending everything")
@@ -304,24 +327,36 @@ class Delivery:
                 continue  # drain, so the extractor never blocks; these stay unsent
             try:
                 results = connection.store(batch, on_result=self._record)
-            except PeerUnavailable as exc:
-                LOGGER.warning("%s: %s is unavailable: %s", self.zip_name, self.peer.key, exc)
-                self._halt(f"peer unavailable: {exc}")
+            except UNAVAILABLE as exc:
+                self._wait_asked(getattr(exc, "retry_after", None))
+                LOGGER.warning("%s: %s is unavailable: %s", self.tag, self.key, exc)
+                self._halt(f"{'destination' if isinstance(exc, DestinationUnavailable) else 'peer'} unavailable: {exc}")
                 continue
             except Exception as exc:
+                if isinstance(exc, OSError) and isinstance(connection, StowConnection):
+                    # STOW-RS reads each file while it sends: one locked or removed under us is this machine's fault
+                    with self.lock:
+                        self.attempt.local_error = self.attempt.local_error or LocalError(f"cannot read a file: {exc}")
+                    self._halt(f"cannot read a file: {exc}")
+                    continue
                 with self.lock:
                     self.attempt.unexpected = self.attempt.unexpected or exc
                 self._halt(f"unexpected error while sending: {type(exc).__name__}: {exc}")
                 continue
             with self.lock:
                 self.attempt.results.extend(results)
+            self._wait_asked(getattr(connection, "retry_after", None))
             transient = [r.detail for r in results if r.outcome is Outcome.TRANSIENT]
             if transient:
                 # One line for the batch: a CD of 500 images must not give 500 warnings.
-                LOGGER.warning(
-                    "%s: %d instance(s) not stored this time: %s", self.zip_name, len(transient), transient[0]
-                )
+                LOGGER.warning("%s: %d instance(s) not stored this time: %s", self.tag, len(transient), transient[0])
                 self._halt(transient[0])  # keep the rest for the retry
+
+    def _wait_asked(self, seconds: float | None) -> None:
+        """Remember the longest wait a server asked for (STOW-RS Retry-After): the next retry is not sooner."""
+        if seconds:
+            with self.lock:
+                self.attempt.retry_after = max(self.attempt.retry_after, seconds)
 
     def _delivered_before(self) -> bool:
         """Wait for the ZIP's hash; return True when it shows a ZIP delivered before (unreadable: let it go on)."""
@@ -344,7 +379,7 @@ class Delivery:
         if r.outcome in (Outcome.STORED, Outcome.WARNING):
             record = self.start.record  # None until the hash is known: adopted at the end
             self.ledger.record_delivery(
-                self.peer.key,
+                self.key,
                 record.id if record is not None else None,
                 self.zip_name,
                 sop_instance_uid=i.sop_instance_uid,
@@ -359,4 +394,4 @@ class Delivery:
             )
         self.progress.update(1, i.size, sent=int(r.outcome in (Outcome.STORED, Outcome.WARNING)))
         level = logging.DEBUG if r.outcome in (Outcome.STORED, Outcome.TRANSIENT) else logging.WARNING
-        LOGGER.log(level, "%s: %s %s: %s", self.zip_name, i.sop_instance_uid, r.outcome.value, r.detail)
+        LOGGER.log(level, "%s: %s %s: %s", self.tag, i.sop_instance_uid, r.outcome.value, r.detail)

@@ -198,6 +198,22 @@ class Ledger:
             ),
         )
 
+    def settle(self, zip_id: int, state: ZipState, final_path: str, error: str = "") -> None:
+        """Set a ZIP's state and final path, keeping its counts (another destination decided where the ZIP went)."""
+        if error:
+            history, attempts = self._row("SELECT history, attempts FROM zips WHERE id=?", (zip_id,)) or ("[]", 0)
+            entries = json.loads(history)
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            entries.append({"attempt": attempts, "at": at, "state": state.value, "error": error})
+            self._rows(
+                "UPDATE zips SET history=?, last_error=? WHERE id=?",
+                (json.dumps(entries[-HISTORY_KEPT:]), error, zip_id),
+            )
+        self._rows(
+            "UPDATE zips SET state=?, final_path=?, next_retry=NULL, updated=? WHERE id=?",
+            (state.value, final_path, time.time(), zip_id),
+        )
+
     def reset_failed(self, sha256: str, peer: str) -> None:
         """Make a failed ZIP pending again with a fresh retry budget (operator's --retry-failed).
 
@@ -328,7 +344,11 @@ class Ledger:
 
     def recent_failures(self, limit: int = 10) -> list[tuple[str, float, str, str]]:
         """Return (name, updated, last_error, final_path) of the latest failed ZIPs."""
+        return [row[:1] + row[2:] for row in self.recent_failures_by_peer(limit)]  # type: ignore[misc]
+
+    def recent_failures_by_peer(self, limit: int = 10) -> list[tuple[str, str, float, str, str]]:
+        """Return (name, peer, updated, last_error, final_path) of the latest failed ZIPs."""
         return self._rows(
-            "SELECT name, updated, last_error, final_path FROM zips WHERE state=? ORDER BY updated DESC LIMIT ?",
+            "SELECT name, peer, updated, last_error, final_path FROM zips WHERE state=? ORDER BY updated DESC LIMIT ?",
             (ZipState.FAILED.value, limit),
         )

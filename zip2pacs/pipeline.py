@@ -6,13 +6,15 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 from . import legacy
 from .config import Config
 from .delivery import Attempt, Delivery
+from .destinations import Destination
+from .fanout import Leg, ZipOutcome, fan_out
 from .intake import ReadyZip
 from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_claimed, write_reason
@@ -28,22 +30,16 @@ LOGGER = logging.getLogger(__name__)
 STILL_COPYING = "maybe still being copied"  # in the error of a pending ZIP that did not open as a ZIP
 
 
-@dataclass(frozen=True)
-class ZipOutcome:
-    name: str
-    state: ZipState
-    counts: Counts
-    seconds: float
-    error: str = ""
-    final_path: Path | None = None
-
-
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class Pipeline:
-    """Deliver ZIPs to one peer, recording everything in the ledger."""
+    """Deliver ZIPs to each configured destination, recording everything in the ledger.
+
+    With several destinations, each gets an attempt of its own over the ZIP (extracted again for each), with its
+    own record, dedup and back-off; the ZIP is archived once every destination has everything meant for it.
+    """
 
     def __init__(
         self, config: Config, ledger: Ledger, stop: threading.Event | None = None, progress: Progress | None = None
@@ -52,11 +48,16 @@ class Pipeline:
         self.progress = progress or Progress()
         self.ledger = ledger
         self.peer = config.peer
+        # The ledger key of the one destination (several: see fanout.py); the dicom: section's peer by default.
+        self.key = config.destinations[0].key if config.destinations_given else config.peer.key
+        self.destinations = config.destinations
+        self.several = len(self.destinations) > 1
+        self.skip_not_due = False  # the service loop sets it: a destination whose retry is not due waits
         self.stop = stop or threading.Event()
         self._bytes = 0  # the attempt's uncompressed bytes, for the rates of its final line
         self._associations = 0  # ... and the associations it made
         # ZIPs imported from the original script are known by their hash alone: wait for it before sending.
-        self.hash_first = legacy.has_zips_known_only_by_hash(ledger, self.peer.key)
+        self.hash_first = legacy.has_zips_known_only_by_hash(ledger, config.peer.key)
 
     # --- scheduling ------------------------------------------------------------------------------
 
@@ -65,15 +66,30 @@ class Pipeline:
 
         A retry further away than the longest delay can only come from a wall clock set back: it is due now.
         """
-        record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, self.peer.key)
+        if self.several:
+            return any(self._due_for(z, d, now) for d in self.destinations)
+        record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, self.key)
         if record is None or record.state is not ZipState.PENDING or record.next_retry is None:
+            return True
+        wait = record.next_retry - (now or time.time())
+        return wait <= 0 or wait > self._longest_wait()
+
+    def _due_for(self, z: ReadyZip, d: Destination, now: float | None = None) -> bool:
+        """Return True when this destination has something to do with the ZIP now (new, failed, or retry due)."""
+        record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, d.key)
+        if record is None or record.state is ZipState.FAILED:
+            return True
+        if record.state is not ZipState.PENDING:
+            return False  # delivered to it already
+        if record.next_retry is None:
             return True
         wait = record.next_retry - (now or time.time())
         return wait <= 0 or wait > self._longest_wait()
 
     def next_retry_in(self, now: float | None = None) -> float | None:
         """Return seconds until the earliest pending retry, or None when nothing waits."""
-        times = [p[3] for p in self.ledger.pending() if p[1] == self.peer.key and p[3] is not None]
+        keys = {d.key for d in self.destinations}
+        times = [p[3] for p in self.ledger.pending() if p[1] in keys and p[3] is not None]
         if not times:
             return None
         return min(max(0.0, min(times) - (now or time.time())), self._longest_wait())
@@ -95,10 +111,12 @@ class Pipeline:
             raise LocalError(f"cannot open {z.path}: {exc.strerror or exc}") from exc
         LOGGER.info("%s: start (%.1f MB)", z.path.name, z.size / 1e6)
         max_gap = 2 * self._longest_wait()
-        start = ZipStart(self.ledger, self.peer.key, claim, max_gap)  # hashing starts
         work = work_folder(self.config.work_dir, z)
         shutil.rmtree(work, ignore_errors=True)  # a crashed attempt's leftovers
         try:
+            if self.several:
+                return fan_out(self, z, claim, work, started, max_gap)
+            start = ZipStart(self.ledger, self.key, claim, max_gap)  # hashing starts
             return self._attempt(z, start, work, started)
         finally:
             claim.close()
@@ -106,13 +124,12 @@ class Pipeline:
                 shutil.rmtree(work, ignore_errors=True)
 
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
-        delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first)
+        d = self.destinations[0] if self.config.destinations_given else None
+        delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first, d)
         a = delivery.run(z.path, work)
         self._bytes, self._associations = a.total_bytes or z.size, a.associations
-        try:
-            record = start.begin()
-        except OSError as exc:
-            raise LocalError(f"cannot read {z.path}: {exc.strerror or exc}") from exc
+        leg = self.judge(z, Leg(delivery.destination, start), a, started, give_up=False)
+        record = leg.record
         if record is None:
             known = start.duplicate_of
             assert known is not None
@@ -122,42 +139,91 @@ class Pipeline:
                 "%s: duplicate of %s, already delivered to %s; archived as %s",
                 z.path.name,
                 known.name,
-                self.peer.key,
+                self.key,
                 target.name,
             )
             return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
-        self.ledger.adopt_deliveries(record.id, self.peer.key, start.claim.identity)
+        if leg.state is ZipState.PENDING:
+            return self._postpone(z, start, record, leg.counts, leg.why, started, leg.retry_after)
+        if leg.state is ZipState.FAILED:
+            return self._fail(z, start, record, leg.counts, leg.why, started, leg.entries)
+        target = self._move(z, start, self.config.archive_dir)
+        self.ledger.zip_finish(
+            record.id, ZipState.DELIVERED, leg.counts, final_path=str(target), spent=time.monotonic() - started
+        )
+        return self._report(z, ZipState.DELIVERED, leg.counts, started, final_path=target)
+
+    def judge(self, z: ReadyZip, leg: Leg, a: Attempt, started: float, give_up: bool = True) -> Leg:
+        """Return the leg with its verdict on this attempt: duplicate, delivered, pending or failed (nothing moved).
+
+        Raise LocalError when the ZIP could not be read for its hash.
+        """
+        assert leg.start is not None
+        d, start = leg.destination, leg.start
+        try:
+            record = start.begin()
+        except OSError as exc:
+            raise LocalError(f"cannot read {z.path}: {exc.strerror or exc}") from exc
+        if record is None:
+            leg.state = ZipState.DUPLICATE
+            return leg
+        leg.record, leg.retry_after = record, a.retry_after
+        self.ledger.adopt_deliveries(record.id, d.key, start.claim.identity)
         # Looks at the same name while its copy was under way made records of bytes that no longer exist.
-        self.ledger.forget_partial_copies(z.path.name, self.peer.key, record.id, STILL_COPYING)
+        self.ledger.forget_partial_copies(z.path.name, d.key, record.id, STILL_COPYING)
         sent = a.count(Outcome.STORED) + a.count(Outcome.WARNING)
         permanent = [r for r in a.results if r.outcome is Outcome.PERMANENT]
         pending = a.count(Outcome.TRANSIENT) + a.unsent
-        counts = Counts(a.found, sent, a.duplicates, a.skipped, len(permanent), a.changed, pending)
-        why_not_yet = self._no_verdict(z, a, record)
-        if why_not_yet:
-            return self._postpone(z, start, record, counts, why_not_yet, started)
+        skipped = a.skipped + a.filtered  # an instance the destination does not take counts as skipped for it
+        leg.counts = Counts(a.found - a.filtered, sent, a.duplicates, skipped, len(permanent), a.changed, pending)
+        leg.why = self._no_verdict(z, a, record)
+        if leg.why:
+            return self._pending(leg, started, give_up)
+        leg.state, leg.zip_level, leg.entries = ZipState.FAILED, True, a.skipped_files
         if a.archive_error is not None:
-            why = f"{type(a.archive_error).__name__}: {a.archive_error}"
+            leg.why = f"{type(a.archive_error).__name__}: {a.archive_error}"
             if sent:
-                why += f" ({sent} instance(s) extracted before it were stored)"
-            return self._fail(z, start, record, counts, why, started, entries=a.skipped_files)
+                leg.why += f" ({sent} instance(s) extracted before it were stored)"
+            return leg
         if a.found == 0:
-            return self._fail(
-                z, start, record, counts, "no DICOM instance in the ZIP", started, entries=a.skipped_files
-            )
+            leg.why = "no DICOM instance in the ZIP"
+            return leg
+        leg.zip_level, leg.entries = False, []
         if a.count(Outcome.TRANSIENT) or a.unsent:
             transient = [r.detail for r in a.results if r.outcome is Outcome.TRANSIENT]
-            return self._postpone(z, start, record, counts, a.unsent_reason or transient[0], started)
+            leg.why = a.unsent_reason or transient[0]
+            return self._pending(leg, started, give_up)
         if permanent:
-            entries = [(a.names.get(r.instance.path, r.instance.path.name), self._describe(r)) for r in permanent]
-            return self._fail(
-                z, start, record, counts, f"{len(permanent)} instance(s) refused by {self.peer.key}", started, entries
-            )
-        target = self._move(z, start, self.config.archive_dir)
-        self.ledger.zip_finish(
-            record.id, ZipState.DELIVERED, counts, final_path=str(target), spent=time.monotonic() - started
-        )
-        return self._report(z, ZipState.DELIVERED, counts, started, final_path=target)
+            leg.entries = [(a.names.get(r.instance.path, r.instance.path.name), self._describe(r)) for r in permanent]
+            by = f"{d.name} ({d.key})" if self.several else d.key
+            leg.why = f"{len(permanent)} instance(s) refused by {by}"
+            return leg
+        leg.state = ZipState.DELIVERED
+        return leg
+
+    def _pending(self, leg: Leg, started: float, give_up: bool) -> Leg:
+        """Make the leg pending, or failed once its destination's retry budget is spent (when ``give_up``)."""
+        leg.state = ZipState.PENDING
+        record = leg.record
+        assert record is not None
+        if give_up and record.tried_seconds + time.monotonic() - started > self.config.give_up_after_hours * 3600:
+            leg.state = ZipState.FAILED
+            leg.why = f"gave up after {record.attempts} attempt(s); last error: {leg.why}"
+        return leg
+
+    def retry_delay(self, record: ZipRecord, why: str, asked: float = 0.0) -> float:
+        """Return the seconds to wait before the next attempt at a pending ZIP (0 after a shutdown).
+
+        ``asked`` is the wait the destination asked for (STOW-RS Retry-After), kept to at most retry_max_seconds.
+        """
+        c = self.config
+        delay = backoff_delay(record.attempts - record.attempts_at_reset, c.retry_base_seconds, c.retry_max_seconds)
+        delay = max(delay, min(asked, c.retry_max_seconds))
+        if "behavior.unreadable_zip_grace_seconds" in why:
+            delay = max(delay, record.first_seen + c.unreadable_zip_grace_seconds - time.time() + 1.0)
+        if self.stop.is_set():
+            delay = 0.0  # interrupted by a shutdown, not by the peer: go on at the next start
+        return delay
 
     def _no_verdict(self, z: ReadyZip, a: Attempt, record: ZipRecord) -> str:
         """Return why this attempt says nothing about the ZIP itself (it stays pending), or "" when it does."""
@@ -186,7 +252,8 @@ class Pipeline:
 
     def kept(self, z: ReadyZip) -> bool:
         """Return True for a delivered ZIP left in the watch folder (``move_zip_to_archive: false``): not taken again."""
-        return not self.config.move_zip_to_archive and self.ledger.is_kept(z.identity, self.peer.key)
+        keys = [d.key for d in self.destinations] if self.several else [self.key]
+        return not self.config.move_zip_to_archive and all(self.ledger.is_kept(z.identity, k) for k in keys)
 
     def _move(self, z: ReadyZip, start: ZipStart, folder: Path) -> Path:
         """Move the claimed ZIP into ``folder``; a file that replaced it under its name stays, as a new ZIP.
@@ -196,7 +263,7 @@ class Pipeline:
         claim = start.claim
         if folder == self.config.archive_dir and not self.config.move_zip_to_archive:
             record = start.record or start.duplicate_of
-            self.ledger.keep_file(claim.identity, self.peer.key, record.id if record else None)
+            self.ledger.keep_file(claim.identity, self.key, record.id if record else None)
             return z.path
         target, moved = move_claimed(z.path, claim.file, claim.identity, folder)
         if not moved:
@@ -218,18 +285,20 @@ class Pipeline:
         )
 
     def _postpone(
-        self, z: ReadyZip, start: ZipStart, record: ZipRecord, counts: Counts, why: str, started: float
+        self,
+        z: ReadyZip,
+        start: ZipStart,
+        record: ZipRecord,
+        counts: Counts,
+        why: str,
+        started: float,
+        asked: float = 0.0,
     ) -> ZipOutcome:
         now, spent = time.time(), time.monotonic() - started
         if record.tried_seconds + spent > self.config.give_up_after_hours * 3600:
             why = f"gave up after {record.attempts} attempt(s); last error: {why}"
             return self._fail(z, start, record, counts, why, started, [])
-        c = self.config
-        delay = backoff_delay(record.attempts - record.attempts_at_reset, c.retry_base_seconds, c.retry_max_seconds)
-        if "behavior.unreadable_zip_grace_seconds" in why:
-            delay = max(delay, record.first_seen + c.unreadable_zip_grace_seconds - now + 1.0)
-        if self.stop.is_set():
-            delay = 0.0  # interrupted by a shutdown, not by the peer: go on at the next start
+        delay = self.retry_delay(record, why, asked)
         self.ledger.zip_finish(record.id, ZipState.PENDING, counts, error=why, next_retry=now + delay, spent=spent)
         LOGGER.warning("%s: attempt %d incomplete (%s); next try in %.0f s", z.path.name, record.attempts, why, delay)
         return self._report(z, ZipState.PENDING, counts, started, error=why)
@@ -252,7 +321,8 @@ class Pipeline:
             {
                 "zip": z.path.name,
                 "sha256": record.sha256,
-                "peer": self.peer.key,
+                "destination": self.destinations[0].name,
+                "peer": self.key,
                 "reason": why,
                 "entries": [{"name": n, "problem": p} for n, p in entries],
                 "counts": asdict(counts),

@@ -20,25 +20,32 @@ def _when(ts: float | None) -> str:
 def status_text(ledger: Ledger, config: Config) -> str:
     """Return the ledger summary that ``--status`` prints."""
     states = ledger.zips_by_state()
+    several = len(config.destinations) > 1 or config.destinations[0].peer is None
+    names = {d.key: d.name for d in config.destinations}
+    where = ", ".join(f"{d.name} ({d.key})" for d in config.destinations)
     lines = [
         f"Ledger {config.state_db}",
-        f"Peer {config.peer.key}",
+        f"Destinations {where}" if several else f"Peer {config.peer.key}",
         "ZIPs: " + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
         f"Instances delivered: {ledger.instance_count()}",
     ]
     pending = ledger.pending()
+    if pending and several:
+        pending = sorted(pending, key=lambda p: names.get(p[1], p[1]))  # grouped by destination, oldest first
     if pending:
         lines.append("Pending:")
         for name, peer, attempts, next_retry, error in pending:
+            peer = f"{names[peer]} ({peer})" if several and peer in names else peer
             # The ledger outlives files an operator moved away by hand: say so rather than promise a retry.
             when = (
                 f"next {_when(next_retry)}" if (config.watch_dir / name).exists() else "no longer in the watch folder"
             )
             lines.append(f"  {name} -> {peer}: {attempts} attempt(s), {when}; last error: {error or '-'}")
-    failures = ledger.recent_failures()
+    failures = ledger.recent_failures_by_peer()
     if failures:
         lines.append("Recent failures:")
-        for name, updated, error, final_path in failures:
+        for name, peer, updated, error, final_path in failures:
             stamp = datetime.fromtimestamp(updated).strftime("%Y-%m-%d %H:%M:%S")
-            lines.append(f"  {stamp} {name}: {error} ({final_path})")
+            by = f" -> {names.get(peer, peer)}" if several else ""
+            lines.append(f"  {stamp} {name}{by}: {error} ({final_path})")
     return "\n".join(lines)

@@ -59,20 +59,26 @@ class ZipStart:
     back every one of its instances, as all of them were delivered.
     """
 
-    def __init__(self, ledger: Ledger, peer_key: str, claim: ClaimedZip, max_gap: float = 3600.0):
+    def __init__(self, ledger: Ledger, peer_key: str, claim: ClaimedZip, max_gap: float = 3600.0, sha256: str = ""):
         self.ledger, self.peer_key, self.claim, self.max_gap = ledger, peer_key, claim, max_gap
         self.record: ZipRecord | None = None
         self.duplicate_of: ZipRecord | None = None
-        self._sha = ""
+        self._sha = sha256  # known already: another destination's start hashed these bytes
         self._error: OSError | None = None
         self._lock = threading.Lock()
         self._done = False
         self._thread = threading.Thread(target=self._hash, name="zip-sha256", daemon=True)
-        self._thread.start()
+        if not sha256:
+            self._thread.start()
 
     @property
     def path(self) -> Path:
         return self.claim.path
+
+    @property
+    def sha256(self) -> str:
+        """Return the ZIP's hex SHA256 once begin() has waited for it ("" before, or when it could not be read)."""
+        return self._sha if self._done and self._error is None else ""
 
     def _hash(self) -> None:
         try:
@@ -82,7 +88,7 @@ class ZipStart:
 
     def known_duplicate(self) -> bool:
         """Return True once the hash is known and shows a delivered ZIP; never waits, never raises."""
-        if self._thread.is_alive():
+        if self._thread.is_alive() or (not self._sha and not self._done):
             return False
         try:
             return self.begin() is None
@@ -96,7 +102,8 @@ class ZipStart:
         """
         with self._lock:
             if not self._done:
-                self._thread.join()
+                if self._thread.is_alive() or self._thread.ident is not None:
+                    self._thread.join()
                 self._done = True
                 if self._error is None:
                     self._open_record()

@@ -1,0 +1,85 @@
+"""A STOW-RS destination beside a DIMSE one, in-process: the STOW-RS server of test_stowrs.py and a pynetdicom SCP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.unit.test_destinations import dimse, make_config
+from tests.unit.test_pipeline import RecordingSCP, study_zip
+from tests.unit.test_stowrs import Answerer, StowServer, stores_everything
+from zip2pacs.daemon import run_once
+from zip2pacs.ledger import Ledger
+
+
+@pytest.fixture
+def stow_server() -> Iterator:
+    servers: list[StowServer] = []
+
+    def start(answer: Answerer = stores_everything) -> StowServer:
+        servers.append(StowServer(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def stowrs(name: str, server: StowServer) -> dict:
+    return {"name": name, "kind": "stowrs", "url": server.base_url, "max_instances": 4}
+
+
+def test_a_stowrs_destination_gets_every_instance_in_requests_of_one_study(tmp_path, stow_server):
+    web, scp = stow_server(), RecordingSCP()
+    try:
+        config = make_config(tmp_path, [stowrs("web", web), dimse("local", scp.port)])
+        zip_path, uids = study_zip(tmp_path, "study.zip", seed=71)
+        assert run_once(config) is True
+    finally:
+        scp.stop()
+    assert sorted(u for seen in web.posts() for u in seen.uids) == sorted(uids)
+    assert all(len(seen.parts) <= 4 for seen in web.posts()) and sorted(scp.stored) == sorted(uids)
+    assert (config.archive_dir / "study.zip").exists()
+
+
+def test_a_busy_stowrs_destination_waits_as_long_as_its_retry_after_asks_and_the_other_is_served(tmp_path, stow_server):
+    busy = {"on": True}
+    web = stow_server(lambda seen: (503, {"Retry-After": "900"}, b"busy") if busy["on"] else stores_everything(seen))
+    scp = RecordingSCP()
+    try:
+        config = make_config(tmp_path, [dimse("local", scp.port), stowrs("web", web)])
+        zip_path, uids = study_zip(tmp_path, "study.zip", seed=72)
+        assert run_once(config) is False and zip_path.exists() and sorted(scp.stored) == sorted(uids)
+        with Ledger(config.state_db) as ledger:
+            [(_, key, _, next_retry, error)] = ledger.pending()
+        assert key == f"stowrs:{web.base_url}" and "503" in error
+        assert next_retry is not None and next_retry >= time.time() + 800  # not retry_base_seconds (60)
+        busy["on"] = False
+        requests_before, refused = scp.requests, len(web.posts())
+        assert run_once(config) is True
+        stored = [u for seen in web.posts()[refused:] for u in seen.uids]
+        assert sorted(stored) == sorted(uids) and scp.requests == requests_before
+    finally:
+        scp.stop()
+
+
+def test_check_prints_a_block_per_destination_and_fails_when_one_refuses_our_credentials(tmp_path, stow_server, capsys):
+    from zip2pacs import cli
+
+    answers = {"GET": 200}
+    web = stow_server(lambda seen: (answers["GET"], {}, b"[]"))
+    scp = RecordingSCP()
+    try:
+        config = make_config(tmp_path, [dimse("local", scp.port), stowrs("web", web)])
+        assert cli.check(config) == cli.EXIT_OK
+        out = capsys.readouterr().out
+        assert "Destination local (dimse" in out and "C-ECHO OK" in out
+        assert "Destination web (stowrs" in out and "answers QIDO-RS (HTTP 200)" in out and "Not verified:" in out
+        answers["GET"] = 401
+        assert cli.check(config) == cli.EXIT_UNDELIVERED
+        assert "Check failed:" in capsys.readouterr().out
+    finally:
+        scp.stop()
+    assert [seen.path for seen in web.seen] == ["/dicom-web/studies?limit=1"] * 2  # nothing was stored
