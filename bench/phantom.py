@@ -9,12 +9,11 @@ as 0, with Gaussian noise of a realistic sigma; its shape changes slowly from sl
 from __future__ import annotations
 
 import functools
-import random
 from pathlib import Path
 
 import numpy as np
 
-from zip2pacs.synth import ct_slice, uid
+from zip2pacs import synth
 
 INTERCEPT = -1024  # stored = HU - INTERCEPT, as zip2pacs.synth's headers say (RescaleIntercept -1024)
 NOISE_HU = 22.0  # quantum noise of a standard-dose abdomen slice: 10-30 HU in soft tissue
@@ -72,18 +71,14 @@ def write_study(
     patient: tuple[str, str],
 ) -> list[Path]:
     """Write one study as zip2pacs.synth.write_study does (same UIDs and layout), with phantom pixels."""
-    rng, pixels = random.Random(seed), np.random.default_rng(seed)
-    study_uid = uid("study", seed)
-    paths = []
-    for s in range(n_series):
-        series_uid = uid("series", seed, s)
-        series_dir = folder / f"STUDY{seed:04d}" / f"SERIES{s:03d}"
-        series_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(per_series):
-            ds = ct_slice(rng, study_uid, series_uid, uid("instance", seed, s, i), i + 1, rows, cols, patient)
-            ds.SeriesNumber = s + 1
-            ds.PixelData = body_slice(pixels, rows, cols, z=i / max(1, per_series - 1))
-            path = series_dir / (f"IM{i:05d}.dcm" if i % 2 == 0 else f"IM{i:05d}")
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
-    return paths
+    pixels = np.random.default_rng(seed)
+    return synth.write_study(
+        folder,
+        seed,
+        n_series,
+        per_series,
+        rows,
+        cols,
+        patient,
+        pixel_data=lambda i: body_slice(pixels, rows, cols, z=i / max(1, per_series - 1)),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -73,8 +74,12 @@ def write_study(
     rows: int = 64,
     cols: int = 64,
     patient: tuple[str, str] = ("DEMO^PATIENT", "DEMO0001"),
+    pixel_data: Callable[[int], bytes] | None = None,
 ) -> list[Path]:
-    """Write one study as Part 10 files in nested folders, every other file without extension; return the paths."""
+    """Write one study as Part 10 files in nested folders, every other file without extension; return the paths.
+
+    ``pixel_data(i)`` gives slice ``i``'s pixels instead of random ones (the benchmark's phantom).
+    """
     rng = random.Random(seed)
     study_uid = uid("study", seed)
     paths = []
@@ -85,6 +90,8 @@ def write_study(
         for i in range(per_series):
             ds = ct_slice(rng, study_uid, series_uid, uid("instance", seed, s, i), i + 1, rows, cols, patient)
             ds.SeriesNumber = s + 1
+            if pixel_data is not None:
+                ds.PixelData = pixel_data(i)
             path = series_dir / (f"IM{i:05d}.dcm" if i % 2 == 0 else f"IM{i:05d}")
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
