@@ -23,7 +23,7 @@ from .retry import backoff_delay
 from .sender import Outcome, StoreResult
 from .unzip import DiskSpaceLow, LocalError, UnreadableZip
 from .workdir import work_folder
-from .zipstart import ClaimedZip, ZipStart
+from .zipstart import ClaimedZip, ZipChanged, ZipStart
 
 LOGGER = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class Pipeline:
         started = time.monotonic()
         try:
             claim = ClaimedZip(z)
+        except ZipChanged as exc:  # written to again since it looked complete: the next scan looks again
+            LOGGER.info("%s", exc)
+            return ZipOutcome(z.path.name, ZipState.PENDING, Counts(), time.monotonic() - started, str(exc))
         except OSError as exc:
             raise LocalError(f"cannot open {z.path}: {exc.strerror or exc}") from exc
         LOGGER.info("%s: start (%.1f MB)", z.path.name, z.size / 1e6)

@@ -451,3 +451,18 @@ def test_status_before_the_first_start_leaves_the_original_state_file_untouched(
     assert main([str(config_path), "--status"]) == 0
     assert "first start backs it up and imports it" in capsys.readouterr().out
     assert state.read_bytes() == before
+
+
+def test_a_zip_that_changed_since_it_looked_complete_is_left_for_the_next_scan_without_a_traceback(
+    tmp_path,
+    scp,  # noqa: F811
+    caplog,
+):
+    config = make_config(tmp_path, scp.port)
+    study_zip(tmp_path, "study.zip", seed=39)
+    [ready] = list_zips(config.watch_dir)
+    stale = dataclasses.replace(ready, mtime_ns=ready.mtime_ns - 1)  # what the scan saw before the last write
+    with Ledger(config.state_db) as ledger:
+        outcome = Pipeline(config, ledger).process_zip(stale)
+    assert outcome.state is ZipState.PENDING and "changed since it was found complete" in outcome.error
+    assert scp.requests == 0 and not [r for r in caplog.records if r.exc_info]
