@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from tests.unit.test_destinations import dimse, make_config
 from tests.unit.test_pipeline import RecordingSCP, study_zip
-from tests.unit.test_stowrs import Answerer, StowServer, stores_everything
+from tests.unit.test_stowrs import Answerer, StowServer, stores_everything, stow_server  # noqa: F401
 from zip2pacs.daemon import run_once
 from zip2pacs.ledger import Ledger
-
-
-@pytest.fixture
-def stow_server() -> Iterator:
-    servers: list[StowServer] = []
-
-    def start(answer: Answerer = stores_everything) -> StowServer:
-        servers.append(StowServer(answer))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def stowrs(name: str, server: StowServer) -> dict:
     return {"name": name, "kind": "stowrs", "url": server.base_url, "max_instances": 4}
 
 
-def test_a_stowrs_destination_gets_every_instance_in_requests_of_one_study(tmp_path, stow_server):
+def test_a_stowrs_destination_gets_every_instance_in_requests_of_one_study(tmp_path, stow_server):  # noqa: F811
     web, scp = stow_server(), RecordingSCP()
     try:
         config = make_config(tmp_path, [stowrs("web", web), dimse("local", scp.port)])
@@ -44,7 +28,7 @@ def test_a_stowrs_destination_gets_every_instance_in_requests_of_one_study(tmp_p
     assert (config.archive_dir / "study.zip").exists()
 
 
-def test_a_busy_stowrs_destination_waits_as_long_as_its_retry_after_asks_and_the_other_is_served(tmp_path, stow_server):
+def test_a_busy_stowrs_destination_waits_as_long_as_its_retry_after_asks_and_the_other_is_served(tmp_path, stow_server):  # noqa: F811
     busy = {"on": True}
     web = stow_server(lambda seen: (503, {"Retry-After": "900"}, b"busy") if busy["on"] else stores_everything(seen))
     scp = RecordingSCP()
@@ -65,7 +49,7 @@ def test_a_busy_stowrs_destination_waits_as_long_as_its_retry_after_asks_and_the
         scp.stop()
 
 
-def test_check_prints_a_block_per_destination_and_fails_when_one_refuses_our_credentials(tmp_path, stow_server, capsys):
+def test_check_prints_a_block_per_destination_and_fails_when_one_refuses_our_credentials(tmp_path, stow_server, capsys):  # noqa: F811
     from zip2pacs import cli
 
     answers = {"GET": 200}
