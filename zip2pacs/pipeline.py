@@ -222,7 +222,7 @@ class Pipeline:
         c = self.config
         delay = backoff_delay(record.attempts - record.attempts_at_reset, c.retry_base_seconds, c.retry_max_seconds)
         delay = max(delay, min(asked, c.retry_max_seconds))
-        if "behavior.unreadable_zip_grace_seconds" in why:
+        if STILL_COPYING in why:  # the marker the "still being copied" message carries
             delay = max(delay, record.first_seen + c.unreadable_zip_grace_seconds - time.time() + 1.0)
         if self.stop.is_set():
             delay = 0.0  # interrupted by a shutdown, not by the peer: go on at the next start
