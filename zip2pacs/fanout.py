@@ -3,7 +3,8 @@
 Each destination has its own record of the ZIP (the ledger's zips table is keyed by hash and destination), its
 own dedup and its own back-off. The ZIP is archived once every destination has everything meant for it; it stays
 in the watch folder while one is pending; a refusal for good by one sends it to failed/ with a reason naming it.
-The ZIP is extracted again for each destination: simple, and the price is disk reads, not network.
+The ZIP is extracted again for each destination: simple, and the price is disk reads, not network. A destination
+paused for its credentials (pause.py) is not tried: the ZIP stays pending for it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Leg:
     entries: list[tuple[str, str]] = field(default_factory=list)
     retry_after: float = 0.0  # the destination asked us to wait this long (STOW-RS Retry-After)
     zip_level: bool = False  # the verdict is about the ZIP itself (corrupt, no DICOM): the same for every destination
+    paused: bool = False  # the destination refused our credentials: pending, and the time is not counted (pause.py)
 
 
 def _utc(ts: float) -> str:
@@ -68,7 +70,7 @@ def fan_out(p: Pipeline, z: ReadyZip, claim: ClaimedZip, work: Path, started: fl
     legs: list[Leg] = []
     sha = ""  # hashed once, by the first destination's start, and shared with the others
     for d in p.destinations:
-        if p.stop.is_set() or (p.skip_not_due and not p._due_for(z, d)):
+        if p.stop.is_set() or (p.skip_not_due and not p._due_for(z, d)) or p.pauses.shut(d):
             legs.append(_untried(p, z, d))
             continue
         start = ZipStart(p.ledger, d.key, claim, max_gap, sha)
@@ -77,8 +79,9 @@ def fan_out(p: Pipeline, z: ReadyZip, claim: ClaimedZip, work: Path, started: fl
         hash_first = p.hash_first and d.key == p.peer.key
         delivery = Delivery(p.config, p.ledger, start, z.path.name, p.stop, p.progress, hash_first, d, tag)
         a = delivery.run(z.path, work)
+        paused = p.pauses.settle(d, z.path.name)
         p._bytes, p._associations = max(p._bytes, a.total_bytes or z.size), p._associations + a.associations
-        leg = p.judge(z, Leg(d, start), a, began)
+        leg = p.judge(z, Leg(d, start, paused=paused), a, began)
         sha = sha or start.sha256
         legs.append(leg)
         LOGGER.info("%s: %s: %s - %s%s", z.path.name, d.name, leg.state.value, leg.counts.summary(), _why(leg))
@@ -92,10 +95,16 @@ def _why(leg: Leg) -> str:
 
 
 def _untried(p: Pipeline, z: ReadyZip, d: Destination) -> Leg:
-    """Return the leg of a destination not tried this time, in the state its record keeps."""
+    """Return the leg of a destination not tried this time (its retry not due, paused, a shutdown): as its record says.
+
+    A failed record of a ZIP in the watch folder was sent back by --retry-failed: pending until it is tried.
+    """
     record = p.ledger.zip_by_file(z.path.name, z.size, z.mtime, d.key)
     state = record.state if record is not None else ZipState.PENDING
-    return Leg(d, None, record, state, why=record.last_error if record is not None else "not tried yet")
+    if state is ZipState.FAILED:
+        state = ZipState.PENDING
+    why = p.pauses.shut(d) or (record.last_error if record is not None else "not tried yet")
+    return Leg(d, None, record, state, why=why)
 
 
 def _finish(p: Pipeline, z: ReadyZip, legs: list[Leg], started: float) -> ZipOutcome:
@@ -164,13 +173,23 @@ def _final(leg: Leg, failed: list[Leg]) -> str:
 
 
 def _postpone(p: Pipeline, z: ReadyZip, legs: list[Leg], started: float) -> ZipOutcome:
-    """Keep the ZIP in the watch folder: record each tried destination's result, with its own next retry."""
+    """Keep the ZIP in the watch folder: record each tried destination's result, with its own next retry.
+
+    A paused destination that has no record of the ZIP gets one, pending, so that --status shows what waits for it.
+    """
     now, spent = time.time(), time.monotonic() - started
+    hashed = next((leg.start for leg in legs if leg.start is not None and leg.start.sha256), None)
     for leg in legs:
+        if leg.start is None and leg.record is None and hashed is not None and p.pauses.shut(leg.destination):
+            claim = hashed.claim
+            p.ledger.zip_waiting(hashed.sha256, leg.destination.key, z.path.name, claim.size, claim.mtime, leg.why)
         if leg.start is None or leg.record is None:
             continue
         if leg.state is ZipState.DELIVERED:
             p.ledger.zip_finish(leg.record.id, ZipState.DELIVERED, leg.counts, spent=spent)
+            continue
+        if leg.paused:  # its ERROR line is logged; it is tried once the pause ends, and the time is not counted
+            p.ledger.zip_finish(leg.record.id, ZipState.PENDING, leg.counts, leg.why)
             continue
         delay = p.retry_delay(leg.record, leg.why, leg.retry_after)
         p.ledger.zip_finish(leg.record.id, ZipState.PENDING, leg.counts, leg.why, now + delay, spent=spent)

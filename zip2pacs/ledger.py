@@ -42,6 +42,17 @@ class ZipRecord:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A destination paused because it refused our credentials: since when, the refusal, when it is tried again."""
+
+    peer: str
+    began: float
+    status: int | None
+    reason: str
+    probe_at: float | None
+
+
+@dataclass(frozen=True)
 class Delivered:
     sha256: str
     zip_name: str
@@ -145,13 +156,18 @@ class Ledger:
         """Return the ZIP's record, created as pending if new; count one more attempt.
 
         The time since the previous attempt of a pending ZIP is added to its ``tried_seconds``, at most
-        ``max_gap``: a wall clock set forward, or a machine switched off, does not use up the retry budget.
+        ``max_gap``: a wall clock set forward, or a machine switched off, does not use up the retry budget;
+        nor does the time ``peer`` was paused for its credentials.
         """
         now = time.time()
+        paused = (
+            "COALESCE((SELECT SUM(MAX(MIN(COALESCE(p.ended, ?), ?) - MAX(p.began, zips.updated), 0)) "
+            "FROM pauses p WHERE p.peer = zips.peer), 0)"
+        )
         self._rows(
-            "UPDATE zips SET tried_seconds = tried_seconds + MIN(MAX(? - updated, 0), ?) "
+            f"UPDATE zips SET tried_seconds = tried_seconds + MIN(MAX(? - updated - {paused}, 0), ?) "
             "WHERE sha256=? AND peer=? AND state=? AND attempts > 0",
-            (now, max_gap, sha256, peer, ZipState.PENDING.value),
+            (now, now, now, max_gap, sha256, peer, ZipState.PENDING.value),
         )
         self._rows(
             "INSERT INTO zips (sha256, peer, name, size, mtime, state, first_seen, updated) VALUES (?,?,?,?,?,?,?,?) "
@@ -162,6 +178,15 @@ class Ledger:
         record = self.zip_by_sha(sha256, peer)
         assert record is not None
         return record
+
+    def zip_waiting(self, sha256: str, peer: str, name: str, size: int, mtime: float, error: str) -> None:
+        """Record a ZIP as pending for ``peer`` without an attempt (its destination is paused), unless it has a record."""
+        now = time.time()
+        self._rows(
+            "INSERT INTO zips (sha256, peer, name, size, mtime, state, first_seen, updated, last_error) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (sha256, peer) DO NOTHING",
+            (sha256, peer, name, size, mtime, ZipState.PENDING.value, now, now, error),
+        )
 
     def zip_finish(
         self,
@@ -250,6 +275,31 @@ class Ledger:
     def is_kept(self, identity: str, peer: str) -> bool:
         """Return True for a delivered ZIP file left in the watch folder (known by its identity, not hashed)."""
         return self._row("SELECT 1 FROM kept_files WHERE identity=? AND peer=?", (identity, peer)) is not None
+
+    # --- paused destinations --------------------------------------------------------------------
+
+    def pause(self, peer: str, status: int | None, reason: str, since: float, probe_at: float) -> None:
+        """Record that ``peer`` refuses our credentials: a new pause, or the one under way with a later probe."""
+        with self._lock:
+            cursor = self.db.execute(
+                "UPDATE pauses SET status=?, reason=?, probe_at=? WHERE peer=? AND ended IS NULL",
+                (status, reason, probe_at, peer),
+            )
+            if cursor.rowcount == 0:
+                self.db.execute(
+                    "INSERT INTO pauses (peer, began, status, reason, probe_at) VALUES (?,?,?,?,?)",
+                    (peer, min(since, time.time()), status, reason, probe_at),
+                )
+
+    def end_pauses(self, peer: str | None = None) -> None:
+        """End the pause of ``peer``, or every pause (the watcher starts: it tries the credentials again)."""
+        where = "ended IS NULL" + (" AND peer=?" if peer is not None else "")
+        self._rows(f"UPDATE pauses SET ended=? WHERE {where}", (time.time(), *([peer] if peer is not None else [])))
+
+    def pauses(self) -> list[Pause]:
+        """Return the pauses under way, oldest first."""
+        rows = self._rows("SELECT peer, began, status, reason, probe_at FROM pauses WHERE ended IS NULL ORDER BY began")
+        return [Pause(*row) for row in rows]
 
     # --- instances ------------------------------------------------------------------------------
 

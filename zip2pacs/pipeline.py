@@ -18,6 +18,7 @@ from .fanout import Leg, ZipOutcome, fan_out
 from .intake import ReadyZip
 from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_claimed, write_reason
+from .pause import Pauses
 from .progress import Progress
 from .retry import backoff_delay
 from .sender import Outcome, StoreResult
@@ -50,7 +51,9 @@ class Pipeline:
         self.peer = config.peer
         # The ledger key of the one destination (several: see fanout.py); the dicom: section's peer by default.
         self.key = config.destinations[0].key if config.destinations_given else config.peer.key
-        self.destinations = config.destinations
+        # A STOW-RS destination that refuses our credentials is paused for every ZIP (see pause.py).
+        self.pauses = Pauses(ledger, config.destinations)
+        self.destinations = self.pauses.destinations
         self.several = len(self.destinations) > 1
         self.skip_not_due = False  # the service loop sets it: a destination whose retry is not due waits
         self.stop = stop or threading.Event()
@@ -68,6 +71,8 @@ class Pipeline:
         """
         if self.several:
             return any(self._due_for(z, d, now) for d in self.destinations)
+        if self.pauses.shut(self.destinations[0]):
+            return False
         record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, self.key)
         if record is None or record.state is not ZipState.PENDING or record.next_retry is None:
             return True
@@ -75,7 +80,12 @@ class Pipeline:
         return wait <= 0 or wait > self._longest_wait()
 
     def _due_for(self, z: ReadyZip, d: Destination, now: float | None = None) -> bool:
-        """Return True when this destination has something to do with the ZIP now (new, failed, or retry due)."""
+        """Return True when this destination has something to do with the ZIP now (new, failed, or retry due).
+
+        A paused destination has nothing to do.
+        """
+        if self.pauses.shut(d):
+            return False
         record = self.ledger.zip_by_file(z.path.name, z.size, z.mtime, d.key)
         if record is None or record.state is ZipState.FAILED:
             return True
@@ -88,11 +98,12 @@ class Pipeline:
 
     def next_retry_in(self, now: float | None = None) -> float | None:
         """Return seconds until the earliest pending retry, or None when nothing waits."""
-        keys = {d.key for d in self.destinations}
-        times = [p[3] for p in self.ledger.pending() if p[1] in keys and p[3] is not None]
-        if not times:
+        keys, now = {d.key for d in self.destinations}, now or time.time()
+        waits = [max(0.0, p[3] - now) for p in self.ledger.pending() if p[1] in keys and p[3] is not None]
+        waits += self.pauses.probes_in()  # a paused destination's next try
+        if not waits:
             return None
-        return min(max(0.0, min(times) - (now or time.time())), self._longest_wait())
+        return min(min(waits), self._longest_wait())
 
     def _longest_wait(self) -> float:
         return max(self.config.retry_max_seconds, self.config.unreadable_zip_grace_seconds) + 1.0
@@ -105,6 +116,9 @@ class Pipeline:
         Raise LocalError when this machine fails (the ZIP cannot be opened, a disk is full): no verdict.
         """
         started = time.monotonic()
+        if not self.several and (paused := self.pauses.shut(self.destinations[0])):
+            LOGGER.info("%s: not sent: %s", z.path.name, paused)  # nothing to claim, extract or count
+            return ZipOutcome(z.path.name, ZipState.PENDING, Counts(), time.monotonic() - started, paused)
         try:
             claim = ClaimedZip(z)
         except ZipChanged as exc:  # written to again since it looked complete: the next scan looks again
@@ -130,8 +144,9 @@ class Pipeline:
         d = self.destinations[0] if self.config.destinations_given else None
         delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first, d)
         a = delivery.run(z.path, work)
+        paused = self.pauses.settle(delivery.destination, z.path.name)
         self._bytes, self._associations = a.total_bytes or z.size, a.associations
-        leg = self.judge(z, Leg(delivery.destination, start), a, started, give_up=False)
+        leg = self.judge(z, Leg(delivery.destination, start, paused=paused), a, started, give_up=False)
         record = leg.record
         if record is None:
             known = start.duplicate_of
@@ -146,6 +161,9 @@ class Pipeline:
                 target.name,
             )
             return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
+        if leg.state is ZipState.PENDING and paused:
+            self.ledger.zip_finish(record.id, ZipState.PENDING, leg.counts, error=leg.why)  # no time counted
+            return self._report(z, ZipState.PENDING, leg.counts, started, error=leg.why)
         if leg.state is ZipState.PENDING:
             return self._postpone(z, start, record, leg.counts, leg.why, started, leg.retry_after)
         if leg.state is ZipState.FAILED:
@@ -209,7 +227,11 @@ class Pipeline:
         leg.state = ZipState.PENDING
         record = leg.record
         assert record is not None
-        if give_up and record.tried_seconds + time.monotonic() - started > self.config.give_up_after_hours * 3600:
+        if (
+            give_up
+            and not leg.paused
+            and record.tried_seconds + time.monotonic() - started > self.config.give_up_after_hours * 3600
+        ):
             leg.state = ZipState.FAILED
             leg.why = f"gave up after {record.attempts} attempt(s); last error: {leg.why}"
         return leg

@@ -6,7 +6,8 @@ import time
 from datetime import datetime
 
 from .config import Config
-from .ledger import Ledger
+from .ledger import Ledger, Pause
+from .pause import ends_when
 
 
 def _when(ts: float | None) -> str:
@@ -29,17 +30,22 @@ def status_text(ledger: Ledger, config: Config) -> str:
         "ZIPs: " + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
         f"Instances delivered: {ledger.instance_count()}",
     ]
+    paused = {pause.peer: pause for pause in ledger.pauses()}
+    lines += _paused(config, paused)
     pending = ledger.pending()
     if pending and several:
         pending = sorted(pending, key=lambda p: names.get(p[1], p[1]))  # grouped by destination, oldest first
     if pending:
         lines.append("Pending:")
-        for name, peer, attempts, next_retry, error in pending:
-            peer = f"{names[peer]} ({peer})" if several and peer in names else peer
+        for name, key, attempts, next_retry, error in pending:
+            peer = f"{names[key]} ({key})" if several and key in names else key
             # The ledger outlives files an operator moved away by hand: say so rather than promise a retry.
             when = (
                 f"next {_when(next_retry)}" if (config.watch_dir / name).exists() else "no longer in the watch folder"
             )
+            if key in paused and (config.watch_dir / name).exists():  # the refusal is above, under Paused
+                lines.append(f"  {name} -> {peer}: {attempts} attempt(s), waits while {names.get(key, key)} is paused")
+                continue
             lines.append(f"  {name} -> {peer}: {attempts} attempt(s), {when}; last error: {error or '-'}")
     failures = ledger.recent_failures_by_peer()
     if failures:
@@ -49,3 +55,18 @@ def status_text(ledger: Ledger, config: Config) -> str:
             by = f" -> {names.get(peer, peer)}" if several else ""
             lines.append(f"  {stamp} {name}{by}: {error} ({final_path})")
     return "\n".join(lines)
+
+
+def _paused(config: Config, paused: dict[str, Pause]) -> list[str]:
+    """Return the lines that say which destinations are paused for their credentials, since when and until what."""
+    lines = ["Paused for their credentials (nothing is sent to them):"] if paused else []
+    for d in config.destinations:
+        pause = paused.get(d.key)
+        if pause is None:
+            continue
+        since = datetime.fromtimestamp(pause.began).strftime("%Y-%m-%d %H:%M:%S")
+        minutes = (time.time() - pause.began) / 60
+        sooner = f"; sooner when {ends_when(d.stow)}" if d.stow is not None else ""
+        lines.append(f"  {d.name} ({d.key}) since {since} ({minutes:.0f} min): {pause.reason}")
+        lines.append(f"    one request tries again {_when(pause.probe_at)}{sooner}")
+    return lines

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -68,5 +68,19 @@ MIGRATIONS: dict[int, str] = {
         zip_id INTEGER REFERENCES zips (id),
         PRIMARY KEY (identity, peer)
     )
+    """,
+    # Destinations paused because they refused our credentials (see pause.py): one row per pause, ended NULL while
+    # it lasts. Time inside a pause is not counted in a ZIP's tried_seconds for that destination.
+    4: """
+    CREATE TABLE pauses (
+        id INTEGER PRIMARY KEY,
+        peer TEXT NOT NULL,
+        began REAL NOT NULL,
+        ended REAL,
+        status INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        probe_at REAL
+    );
+    CREATE INDEX pauses_by_peer ON pauses (peer, began)
     """,
 }

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import requests
 from pydicom.dataset import FileMetaDataset
@@ -27,6 +28,7 @@ from .sniff import Instance
 from .stowrs_response import (
     Answer,
     CheckResult,
+    CredentialsRefused,
     DestinationUnavailable,
     Reply,
     check_result,
@@ -37,7 +39,18 @@ from .stowrs_response import (
 )
 from .verdicts import Outcome, StoreResult
 
-__all__ = ["CheckResult", "DestinationUnavailable", "StowConnection", "StowSettings", "check", "plan_requests"]
+if TYPE_CHECKING:
+    from .pause import Gate
+
+__all__ = [
+    "CheckResult",
+    "CredentialsRefused",
+    "DestinationUnavailable",
+    "StowConnection",
+    "StowSettings",
+    "check",
+    "plan_requests",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +76,8 @@ class StowSettings:
     max_instances: int = 100  # per request
     max_bytes: int = 256 * 1024 * 1024  # per request (a single larger instance goes alone)
     timeout: float = 120.0  # seconds to connect, and to wait for each read of the answer
+    # Shut while the server refuses our credentials (see pause.py); the pipeline gives each destination its own.
+    gate: Gate | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
@@ -199,6 +214,7 @@ class StowConnection:
             self.session.auth = (settings.username, settings.password or "")
         self.retry_after: float | None = None  # the longest Retry-After of the last store(), in seconds
         self.answered = 0  # HTTP answers on this session: a transport error after one may be a closed keep-alive
+        self.sent: tuple[object, ...] = ()  # the fingerprint of the credentials sent (see pause.Gate.admit)
 
     def __enter__(self) -> StowConnection:
         return self
@@ -232,6 +248,7 @@ class StowConnection:
                 on_result(result)
 
         try:
+            self._admit()
             self._authorize()
             for batch in plan_requests(instances, self.settings.max_instances, self.settings.max_bytes):
                 self._judge(instances, batch, record)
@@ -296,11 +313,39 @@ class StowConnection:
                 len(body),
                 took,
             )
-            reply = read(response, self.settings, self.url)
+            reply = self._heard(response)
             if reply.retry_after is not None:
                 self.retry_after = max(self.retry_after or 0.0, reply.retry_after)
             return reply
         raise AssertionError("not reached")
+
+    def _admit(self) -> None:
+        """Raise DestinationUnavailable, sending nothing, while the destination is paused for its credentials."""
+        gate = self.settings.gate
+        if gate is None:
+            return
+        sent = gate.admit()
+        if sent is None:
+            refusal = gate.refusal
+            raise DestinationUnavailable(f"{self.settings.label} is paused: {refusal.words if refusal else '?'}")
+        self.sent = sent
+
+    def _heard(self, response: requests.Response) -> Reply:
+        """Return what the answer says, telling the gate whether the server refused our credentials."""
+        gate = self.settings.gate
+        try:
+            reply = read(response, self.settings, self.url)
+        except CredentialsRefused as exc:
+            if gate is not None:
+                gate.refused(exc.status, str(exc), self.sent)
+            raise
+        except DestinationUnavailable:
+            if gate is not None:
+                gate.answered()
+            raise
+        if gate is not None:
+            gate.answered()
+        return reply
 
     def _authorize(self) -> None:
         """Set the bearer token, read anew each time: a tool outside may renew it. Its value is never logged."""
@@ -309,17 +354,22 @@ class StowConnection:
             try:
                 token = s.token_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise DestinationUnavailable(
-                    f"{s.label}: cannot read the token file {s.token_file}: {exc.strerror}"
-                ) from None
-            where = f"the token file {s.token_file} is empty"
+                self._no_token(f"cannot read the token file {s.token_file} (token_file): {exc.strerror}")
+            where = f"the token file {s.token_file} (token_file) is empty"
         elif s.token_env is not None:
-            token, where = os.environ.get(s.token_env, "").strip(), f"${s.token_env} holds no token"
+            token, where = os.environ.get(s.token_env, "").strip(), f"${s.token_env} (token_env) holds no token"
         else:
             return
         if not token:
-            raise DestinationUnavailable(f"{s.label}: {where}")
+            self._no_token(where)
         self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _no_token(self, why: str) -> NoReturn:
+        """Raise CredentialsRefused: there is no token to send; the destination is paused until there is one."""
+        exc = CredentialsRefused(f"{self.settings.label}: {why}", None)
+        if self.settings.gate is not None:
+            self.settings.gate.refused(None, str(exc), self.sent)
+        raise exc from None
 
     def check(self) -> CheckResult:
         """Ask QIDO-RS for one study; see check()."""

@@ -60,6 +60,14 @@ class DestinationUnavailable(Exception):
         self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After), when it did
 
 
+class CredentialsRefused(DestinationUnavailable):
+    """The server refused our credentials (401/403; ``status`` None: we had no token to send): the destination pauses."""
+
+    def __init__(self, message: str, status: int | None, retry_after: float | None = None):
+        super().__init__(message, retry_after)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class Mention:
     """One item of the ReferencedSOPSequence (failed=False) or FailedSOPSequence (failed=True)."""
@@ -144,7 +152,7 @@ def read(response: requests.Response, settings: StowSettings, url: str) -> Reply
     if wait is not None:
         words += f", retry after {wait:g} s"
     if status in (401, 403):
-        raise DestinationUnavailable(refused(settings, words), wait)
+        raise CredentialsRefused(refused(settings, words), status, wait)
     if status in BUSY:
         return Reply(status, Answer((), False), f"the server is busy ({words})", True, wait)
     if 200 <= status < 300 or status in JUDGED_ALONE:
@@ -160,15 +168,24 @@ def read(response: requests.Response, settings: StowSettings, url: str) -> Reply
 
 
 def refused(settings: StowSettings, words: str) -> str:
-    """Say that the server refuses our credentials and what we sent, never the secret itself."""
+    """Say that the server refuses our credentials, what we sent (by its configuration key) and what to fix.
+
+    The secret itself is never part of it.
+    """
     s = settings
-    if s.has_token:
-        sent = f"a bearer token from {s.token_file or '$' + str(s.token_env)}"
+    if s.token_file is not None:
+        sent, fix = f"the bearer token in token_file {s.token_file}", "put a valid token in that file"
+    elif s.token_env is not None:
+        sent, fix = f"the bearer token in ${s.token_env} (token_env)", f"set a valid token in ${s.token_env}"
     elif s.username is not None:
-        sent = f"Basic authentication as user {s.username!r}"
+        sent, fix = f"Basic authentication as username {s.username!r}", "correct username and password in the config"
     else:
-        sent = "no username, password or token" + (" (a client certificate only)" if s.cert_file else "")
-    return f"{s.label}: the server refuses our credentials ({words}); we sent {sent}: check them, and that this account may store"
+        sent = "no username, password or token" + (" (a client certificate only: cert_file)" if s.cert_file else "")
+        fix = "give the destination username/password, token_file or token_env"
+    return (
+        f"{s.label}: the server refuses our credentials ({words}); we sent {sent}: {fix}, "
+        "and check that this account may store"
+    )
 
 
 def unavailable(exc: requests.exceptions.RequestException, settings: StowSettings, url: str) -> DestinationUnavailable:
