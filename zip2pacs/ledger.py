@@ -381,6 +381,37 @@ class Ledger:
             states["duplicate"] = states.get("duplicate", 0) + copies
         return states
 
+    def zips_overall(self) -> dict[str, int]:
+        """Return how many ZIPs (one per SHA256, whatever the destinations) are in each state, judged over them all.
+
+        Failed when one destination's record failed, pending when one waits, delivered when every one has it;
+        copies archived as duplicates count as ``duplicate``.
+        """
+        order = (ZipState.FAILED, ZipState.PENDING, ZipState.DELIVERED)
+        cases = " ".join("WHEN SUM(state=?) > 0 THEN ?" for _ in order)
+        rows = self._rows(
+            f"SELECT CASE {cases} ELSE MIN(state) END, MAX(duplicate_copies) FROM zips GROUP BY sha256",
+            tuple(v for state in order for v in (state.value, state.value)),
+        )
+        states: dict[str, int] = {}
+        for state, copies in rows:
+            states[state] = states.get(state, 0) + 1
+            if copies:
+                states[ZipState.DUPLICATE.value] = states.get(ZipState.DUPLICATE.value, 0) + copies
+        return states
+
+    def zips_by_peer(self) -> dict[str, dict[str, int]]:
+        """Return, for each destination (peer), how many ZIPs are in each state for it, as zips_by_state() counts."""
+        found: dict[str, dict[str, int]] = {}
+        for peer, state, count, copies in self._rows(
+            "SELECT peer, state, COUNT(*), SUM(duplicate_copies) FROM zips GROUP BY peer, state"
+        ):
+            states = found.setdefault(peer, {})
+            states[state] = states.get(state, 0) + count
+            if copies:
+                states[ZipState.DUPLICATE.value] = states.get(ZipState.DUPLICATE.value, 0) + copies
+        return found
+
     def instance_count(self) -> int:
         """Return how many instance deliveries are recorded."""
         return self._rows("SELECT COUNT(*) FROM instances")[0][0]

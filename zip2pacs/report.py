@@ -20,14 +20,15 @@ def _when(ts: float | None) -> str:
 
 def status_text(ledger: Ledger, config: Config) -> str:
     """Return the ledger summary that ``--status`` prints."""
-    states = ledger.zips_by_state()
+    states = ledger.zips_overall()
     several = len(config.destinations) > 1 or config.destinations[0].peer is None
     names = {d.key: d.name for d in config.destinations}
     where = ", ".join(f"{d.name} ({d.key})" for d in config.destinations)
     lines = [
         f"Ledger {config.state_db}",
         f"Destinations {where}" if several else f"Peer {config.peer.key}",
-        "ZIPs: " + (", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
+        "ZIPs: " + _counts(states),
+        *(_per_destination(ledger, config) if several else []),
         f"Instances delivered: {ledger.instance_count()}",
     ]
     paused = {pause.peer: pause for pause in ledger.pauses()}
@@ -55,6 +56,17 @@ def status_text(ledger: Ledger, config: Config) -> str:
             by = f" -> {names.get(peer, peer)}" if several else ""
             lines.append(f"  {stamp} {name}{by}: {error} ({final_path})")
     return "\n".join(lines)
+
+
+def _counts(states: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"
+
+
+def _per_destination(ledger: Ledger, config: Config) -> list[str]:
+    """Return a line per destination counting its ZIPs by state; receivers no longer configured follow."""
+    by_peer = ledger.zips_by_peer()
+    lines = [f"  {d.name} ({d.key}): {_counts(by_peer.pop(d.key, {}))}" for d in config.destinations]
+    return lines + [f"  {key} (not configured now): {_counts(states)}" for key, states in sorted(by_peer.items())]
 
 
 def _paused(config: Config, paused: dict[str, Pause]) -> list[str]:

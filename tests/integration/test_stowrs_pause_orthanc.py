@@ -53,6 +53,7 @@ def test_orthanc_refusing_our_password_pauses_it_for_every_zip_until_a_restart_w
         with Ledger(wrong.state_db) as ledger:
             text = status_text(ledger, wrong)
         assert "Paused for their credentials" in text and "cloud (stowrs:" in text and "HTTP 401" in text
+        assert "ZIPs: 2 pending" in text and "  cloud (stowrs:" in text  # one line per ZIP, then per destination
         right = config_with(tmp_path, scp, url, ca, DICOMWEB_PASSWORD)
         requests = scp.requests
         assert run_once(right) is True

@@ -242,3 +242,40 @@ def test_a_destination_past_its_retry_budget_sends_the_zip_to_failed_and_the_oth
     assert reason["destination"] == "tele" and reason["reason"].startswith("tele: gave up after 1 attempt(s)")
     with Ledger(config.state_db) as ledger:
         assert ledger.zips_by_state() == {"delivered": 1, "failed": 1}
+
+
+def test_status_counts_each_zip_once_by_its_overall_state_and_breaks_the_count_down_per_destination(tmp_path, two):
+    a, b = two
+    down = free_port()
+    both = make_config(tmp_path, [dimse("local", a.port), dimse("backup", b.port)])
+    study_zip(tmp_path, "done.zip", seed=47)
+    assert run_once(both) is True
+    three = make_config(tmp_path, [dimse("local", a.port), dimse("backup", b.port), dimse("tele", down)])
+    study_zip(tmp_path, "waiting.zip", seed=48)
+    assert run_once(three) is False  # delivered to local and backup, pending for tele
+    with Ledger(three.state_db) as ledger:
+        lines = status_text(ledger, three).splitlines()
+    at = lines.index("ZIPs: 1 delivered, 1 pending")
+    assert lines[at + 1 : at + 4] == [
+        f"  local (TESTPACS@127.0.0.1:{a.port}): 2 delivered",
+        f"  backup (TESTPACS@127.0.0.1:{b.port}): 2 delivered",
+        f"  tele (TESTPACS@127.0.0.1:{down}): 1 pending",
+    ]
+
+
+def test_a_zip_counts_once_failed_when_one_destination_failed_it_and_a_duplicate_copy_counts_once(tmp_path):
+    from zip2pacs.ledger import Counts
+
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        for peer, state in (("a", ZipState.DELIVERED), ("b", ZipState.FAILED)):
+            record = ledger.zip_begin("11" * 32, peer, "x.zip", 1, 1.0)
+            ledger.zip_finish(record.id, state, Counts())
+        for peer in ("a", "b"):
+            record = ledger.zip_begin("22" * 32, peer, "y.zip", 1, 1.0)
+            ledger.zip_finish(record.id, ZipState.DELIVERED, Counts())
+            ledger.count_duplicate_copy(record.id)  # one copy of y.zip archived: a duplicate for both
+        assert ledger.zips_overall() == {"failed": 1, "delivered": 1, "duplicate": 1}
+        assert ledger.zips_by_peer() == {
+            "a": {"delivered": 2, "duplicate": 1},
+            "b": {"failed": 1, "delivered": 1, "duplicate": 1},
+        }
