@@ -8,14 +8,14 @@ instance is recorded in the ledger the moment its C-STORE response arrives.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import logcontext, sender
+from .backlog import Backlog
 from .config import Config
-from .contexts import Group, plan_groups
+from .contexts import MAX_CONTEXTS, Context, Group, plan_groups
 from .dedup import Seen, decide
 from .destinations import DEFAULT_NAME, Destination, dimse
 from .ledger import Ledger
@@ -98,15 +98,16 @@ class Delivery:
         self.attempt = Attempt()
         self.seen = Seen()
         self.spares: dict[str, list[Instance]] = {}  # SOP Instance UID -> other files of this ZIP holding it
-        self.batch: list[Instance] = []
-        self.batches: queue.Queue[list[Instance]] = queue.Queue(maxsize=2 * self.destination.max_associations)
-        self.extracted = threading.Event()  # no more batches will come
+        # The extractor stays at most two batches per association ahead: bounded memory and disk lead.
+        lead = 2 * self.destination.max_associations * config.send_batch_size
+        self.backlog = Backlog(lead, config.send_batch_size)
         self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
         self.lock = threading.Lock()
         self.ramp = Ramp(self.destination.max_associations)
         self.senders: list[threading.Thread] = []
         self.completed = 0  # C-STORE results so far, for the ramp's rates
-        self.contexts: Group | None = None  # the contexts of the latest batch: what a further association proposes
+        self.known: dict[Context, None] = {}  # the contexts the ZIP's instances need so far
+        self.contexts: Group | None = None  # the same, as a further association proposes them
 
     def run(self, zip_path: Path, work: Path) -> Attempt:
         """Run the attempt to its end and return what happened."""
@@ -145,9 +146,7 @@ class Delivery:
             self.attempt.unexpected = exc
             self._halt(f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
-            if self.batch:
-                self._put(self.batch)
-            self.extracted.set()
+            self.backlog.close()
             while alive := [thread for thread in self.senders if thread.is_alive()]:
                 for thread in alive:  # the ramp may start one more until the last batch is taken
                     thread.join()
@@ -250,31 +249,30 @@ class Delivery:
             return
         self.seen.add(inst)
         self.attempt.queued += 1
-        self.batch.append(inst)
-        if len(self.batch) >= self.config.send_batch_size:
-            self._put(self.batch)
-            self.batch = []
+        self._put(inst)
 
-    def _put(self, batch: list[Instance]) -> None:
-        """Queue a batch; while batches wait for a sender, the ramp may start one more (see ramp.py)."""
-        self.contexts = plan_groups(batch, policy=self.peer.decompress)[0]
+    def _put(self, inst: Instance) -> None:
+        """Queue an instance; while instances wait for a sender, the ramp may start one more (see ramp.py)."""
+        needs = plan_groups([inst], policy=self.peer.decompress)[0].contexts
+        if any(c not in self.known for c in needs):
+            self.known.update(dict.fromkeys(needs))
+            self.contexts = Group((), tuple(self.known)[:MAX_CONTEXTS])
         self._consider_ramp()
-        while True:  # blocks while the senders are behind: bounded memory and disk lead
-            try:
-                self.batches.put(batch, timeout=0.5)
+        while not self.backlog.put([inst], timeout=0.5):  # waits while the senders are behind
+            if not any(thread.is_alive() for thread in self.senders):
+                self._halt("no sender is left")  # never wait for ever; these stay unsent
                 return
-            except queue.Full:
-                if not any(thread.is_alive() for thread in self.senders):
-                    self._halt("no sender is left")  # never wait for ever; these stay unsent
-                    return
 
     def _consider_ramp(self) -> None:
-        """Start one more sender when the ramp says so: batches wait, and the last addition raised the rate."""
+        """Start more senders when the ramp says so: instances wait, and the last step raised the rate."""
         if self.halt.is_set() or self.contexts is None:
             return
         with self.lock:  # the extractor and the senders ask
-            for _ in range(self.ramp.more(self.completed, backlog=not self.batches.empty())):
+            was_closed = self.ramp.closed
+            for _ in range(self.ramp.more(self.completed, backlog=self.backlog.waiting())):
                 self._start_sender(self.contexts)
+            if self.ramp.closed and not was_closed:
+                LOGGER.debug("%s: going on with %d association(s): %s", self.tag, self.ramp.size, self.ramp.why)
 
     def _start_sender(self, warm: Group | None) -> None:
         thread = threading.Thread(target=self._send_loop, args=(warm,), name=f"sender-{len(self.senders)}")
@@ -283,14 +281,13 @@ class Delivery:
 
     # --- the senders' side -------------------------------------------------------------------------
 
-    def _next_batch(self) -> list[Instance] | None:
-        """Return the next batch, or None once the extraction is over and every batch was taken."""
-        while True:
-            try:
-                return self.batches.get(timeout=0.1)
-            except queue.Empty:
-                if self.extracted.is_set() and self.batches.empty():
-                    return None
+    def _next_batch(self, connection: sender.Connection | StowConnection) -> list[Instance] | None:
+        """Return this sender's share of what waits, or None once the extraction is over and all was taken."""
+        if isinstance(connection, StowConnection):
+            return self.backlog.take(1, least=self.config.send_batch_size)  # one request, many instances
+        batch = self.backlog.take(self.ramp.senders())
+        connection.wider = self.contexts.contexts if self.contexts else ()
+        return batch
 
     def _send_loop(self, warm: Group | None) -> None:
         # One association for the ZIP's batches, mostly; what the libraries log in this thread names the ZIP.
@@ -318,7 +315,10 @@ class Delivery:
                 return
             self.ramp.opened(self.completed)
             LOGGER.debug("%s: association %d opened", self.tag, self.ramp.size)
-        while (batch := self._next_batch()) is not None:
+        while (batch := self._next_batch(connection)) is not None:
+            if self.ramp.leave():  # the last step did not raise the rate: this share goes back, this one leaves
+                self.backlog.give_back(batch)
+                return
             if self.stop.is_set():
                 self._halt("stopped before sending everything")
             if self.hash_first and not self.halt.is_set() and self._delivered_before():

@@ -1,10 +1,12 @@
-"""How many associations send one ZIP: one to start, twice as many while that raised the rate, up to a cap.
+"""How many associations send one ZIP: one to start, more while that raised the rate, fewer when it did not.
 
 A C-STORE waits at least one round trip for its response, so to a PACS far away one association leaves the
 link idle most of the time; several associations keep several C-STOREs in flight. The ramp doubles the
-associations (1, 2, 4, 8 ...) while each step raised the rate by ``GAIN``; it stops at the first step that did
-not, at the cap, or when the peer refuses or queues a further association. It only ramps while batches wait
-for a sender, so a ZIP of a few files never opens more than one association.
+associations (1, 2, 4, 8 ...) while each step raised the rate by ``GAIN``, and quadruples them after a step
+that nearly doubled it (``STRONG``: the link, not the peer, is what limits). The first step that did not
+raise the rate is undone: the associations it added leave after their current share. The ramp also stops at
+the cap, or when the peer refuses or queues a further association. It only ramps while instances wait for a
+sender, so a ZIP of a few files never opens more than one association.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 
-GAIN = 1.15  # a step must raise the rate by 15% to be worth the next one
-SETTLE_SECONDS = 0.25  # the rate is judged over at least this long after a step ...
-SETTLE_RESULTS = 8  # ... and this many C-STORE results
+GAIN = 1.15  # a step must raise the rate by 15% to be kept
+STRONG = 1.6  # a doubling that raised the rate this much: the next step quadruples
+SETTLE_SECONDS = 0.15  # the rate is judged over at least this long after a step ...
+SETTLE_RESULTS = 8  # ... and this many C-STORE results (2 per association when there are more)
+FIRST_RESULTS = 4  # the first step only needs a rate to compare the next with
 
 
 class Ramp:
@@ -30,7 +34,9 @@ class Ramp:
         self._since = clock()
         self._done_at_change = 0
         self._rate_before: float | None = None  # instances per second before the last step
+        self._size_before = 1
         self._opening = 0  # associations started and not accepted yet: nothing to judge meanwhile
+        self._leaving = 0  # associations asked to leave after their current share
 
     def more(self, done: int, backlog: bool) -> int:
         """Return how many associations to start now (counted as started); ``done``: results so far."""
@@ -38,19 +44,46 @@ class Ramp:
             if self.closed or self._opening or not backlog:
                 return 0
             elapsed, got = self.clock() - self._since, done - self._done_at_change
-            if elapsed < SETTLE_SECONDS or got < SETTLE_RESULTS:
+            needed = FIRST_RESULTS if self._rate_before is None else max(SETTLE_RESULTS, 2 * self.size)
+            if elapsed < SETTLE_SECONDS or got < needed:
                 return 0
             rate = got / elapsed
             if self._rate_before is not None and rate < self._rate_before * GAIN:
-                self.closed, self.why = True, f"going to {self.size} associations did not raise the rate"
+                self._undo(rate)
                 return 0
-            step = min(self.size, self.cap - self.size)
-            self._rate_before, self._since, self._done_at_change = rate, self.clock(), done
-            self.size += step
-            self._opening = step
             if self.size >= self.cap:
                 self.closed, self.why = True, f"at dicom.max_associations ({self.cap})"
+                return 0
+            strong = self._rate_before is not None and rate >= self._rate_before * STRONG
+            step = min(self.size * (3 if strong else 1), self.cap - self.size)
+            self._rate_before, self._size_before = rate, self.size
+            self._since, self._done_at_change = self.clock(), done
+            self.size += step
+            self._opening = step
             return step
+
+    def _undo(self, rate: float) -> None:
+        """The last step did not raise the rate: back to the size before it, for good."""
+        added = self.size - self._size_before
+        self._leaving += added
+        self.closed = True
+        self.why = f"going from {self._size_before} to {self.size} associations did not raise the rate"
+        self.size = self._size_before
+        if added:
+            self.why += f"; back to {self.size}"
+
+    def leave(self) -> bool:
+        """Return True when the calling sender should release its association: the ramp went back."""
+        with self._lock:
+            if not self._leaving:
+                return False
+            self._leaving -= 1
+            return True
+
+    def senders(self) -> int:
+        """Return how many senders share the backlog: those there are, and those the next step may add."""
+        with self._lock:
+            return self.size if self.closed else min(2 * self.size, self.cap)
 
     def opened(self, done: int) -> None:
         """One association started by the last step is accepted; once all are, the rate is measured from then."""

@@ -15,6 +15,7 @@ from . import logcontext
 from .association import NothingAccepted, Peer, PeerUnavailable, associate
 from .contexts import (
     LITTLE_ENDIAN,
+    MAX_CONTEXTS,
     UNCOMPRESSED,
     Context,
     Group,
@@ -58,6 +59,8 @@ class Connection:
         self.assoc: Association | None = None
         self.lane: Lane | None = None  # held for the association's life: pynetdicom's threads stay quiet
         self.proposed: frozenset[Context] = frozenset()
+        # Contexts a new association also proposes (the ZIP's so far), so the next instances need no other one.
+        self.wider: tuple[Context, ...] = ()
         self.accepted: dict[str, dict[str, int]] = {}  # SOP class -> syntax -> context ID
         self.last_used = 0.0
         self.message_id = 0
@@ -196,9 +199,11 @@ class Connection:
         if assoc is not None and assoc.is_established and fresh and quiet and set(group.contexts) <= self.proposed:
             return assoc
         self.close()
-        contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in group.contexts]
+        proposal = group.contexts + tuple(c for c in self.wider if c not in group.contexts)
+        proposal = proposal[: max(MAX_CONTEXTS, len(group.contexts))]
+        contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in proposal]
         assoc = associate(self.peer, contexts)
-        self.assoc, self.proposed, self.message_id, self.answered = assoc, frozenset(group.contexts), 0, 0
+        self.assoc, self.proposed, self.message_id, self.answered = assoc, frozenset(proposal), 0, 0
         self.associations += 1
         try:
             self.lane = open_lane(assoc, assoc.dimse_timeout)

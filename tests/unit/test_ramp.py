@@ -24,7 +24,7 @@ class Clock:
         return self.now
 
 
-def test_the_ramp_doubles_while_the_rate_grows_and_stops_at_the_first_step_that_did_not_help():
+def test_the_ramp_doubles_while_the_rate_grows_and_undoes_the_first_step_that_did_not_help():
     clock = Clock()
     r = Ramp(cap=16, clock=clock)
     assert r.more(100, backlog=False) == 0  # nothing waits: one association is enough
@@ -36,12 +36,26 @@ def test_the_ramp_doubles_while_the_rate_grows_and_stops_at_the_first_step_that_
     assert r.more(150, backlog=True) == 0  # the second association is not accepted yet
     r.opened(150)
     clock.now = 2.5
-    assert r.more(350, backlog=True) == 2 and r.size == 4  # 200/s with two: try four
-    r.opened(350)
-    r.opened(350)
+    assert r.more(280, backlog=True) == 2 and r.size == 4  # 130/s with two (+30%): try four
+    r.opened(280)
+    r.opened(280)
+    assert not r.leave()
     clock.now = 3.5
-    assert r.more(560, backlog=True) == 0 and r.size == 4  # 210/s with four: no gain, stay
-    assert r.closed and "did not raise" in r.why
+    assert r.more(420, backlog=True) == 0 and r.size == 2  # 140/s with four (+8%): back to two
+    assert r.closed and "did not raise the rate; back to 2" in r.why
+    assert [r.leave(), r.leave(), r.leave()] == [True, True, False]  # the two added leave, no more
+    assert r.senders() == 2
+
+
+def test_a_step_that_nearly_doubled_the_rate_is_followed_by_a_quadrupling():
+    clock = Clock()
+    r = Ramp(cap=16, clock=clock)
+    clock.now = 1.0
+    assert r.more(20, backlog=True) == 1  # 20/s with one, from 4 results: the first step needs no more
+    r.opened(20)
+    clock.now = 2.0
+    assert r.more(58, backlog=True) == 6 and r.size == 8  # 38/s with two (x1.9): a link far away; try eight
+    assert r.senders() == 16  # shares leave work for the eight the next step may add
 
 
 def test_the_ramp_never_passes_the_cap_and_a_refusal_stops_it_one_lower():

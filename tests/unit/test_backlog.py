@@ -1,0 +1,122 @@
+"""Senders share what waits: shares end together, one association carries a mixed ZIP, a step undone leaves."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import MRImageStorage
+
+from tests.unit.test_pipeline import make_config, process_all, study_zip
+from tests.unit.test_ramp import SlowScp
+from zip2pacs import delivery, ramp
+from zip2pacs.backlog import Backlog
+from zip2pacs.ledger import ZipState
+from zip2pacs.synth import write_study, zip_folder
+
+
+def items(n: int) -> list:
+    return [object() for _ in range(n)]  # the backlog never looks inside an instance
+
+
+def test_a_sender_takes_its_share_of_what_waits_and_one_sender_alone_takes_a_batch():
+    backlog = Backlog(limit=1000, batch=25)
+    assert backlog.put(items(300), timeout=0)
+    assert len(backlog.take(senders=1)) == 25  # one association: whole batches, as before
+    assert len(backlog.take(senders=8)) == 25  # 275 for eight: a batch each at most
+    backlog.take(senders=1) and [backlog.take(senders=1) for _ in range(8)]
+    assert len(backlog) == 25
+    assert len(backlog.take(senders=8)) == 4  # the tail: eight shares of 25, so the senders end together
+    assert len(backlog.take(senders=8)) == 3
+
+
+def test_a_share_given_back_is_taken_next_in_its_order_and_the_end_is_none_once_closed():
+    backlog = Backlog(limit=10, batch=4)
+    first, rest = items(2), items(3)
+    backlog.put(first + rest, timeout=0)
+    share = backlog.take(senders=1)
+    assert share == first + rest[:2]
+    backlog.give_back(share)
+    backlog.close()
+    assert backlog.take(senders=1) == first + rest[:2]
+    assert backlog.take(senders=1) == rest[2:]
+    assert backlog.take(senders=1) is None
+
+
+def test_the_extractor_waits_when_the_backlog_is_full_and_a_stow_sender_waits_for_a_whole_batch():
+    backlog = Backlog(limit=4, batch=3)
+    assert backlog.put(items(4), timeout=0)
+    assert not backlog.put(items(1), timeout=0.01)  # full: the extractor waits, memory and disk stay bounded
+    got: list = []
+    taker = threading.Thread(target=lambda: got.append(backlog.take(senders=1, least=3)))
+    backlog.take(senders=1)  # three taken: one left, less than a batch
+    taker.start()
+    taker.join(0.2)
+    assert taker.is_alive() and not got  # one instance waits: a STOW-RS request waits for more
+    backlog.put(items(2), timeout=0)
+    taker.join(5)
+    assert len(got[0]) == 3
+
+
+def test_waiting_means_a_batch_waits_or_anything_once_the_extraction_is_over():
+    backlog = Backlog(limit=100, batch=5)
+    backlog.put(items(4), timeout=0)
+    assert not backlog.waiting()
+    backlog.put(items(1), timeout=0)
+    assert backlog.waiting()
+    backlog.take(senders=1)
+    backlog.put(items(1), timeout=0)
+    assert not backlog.waiting()
+    backlog.close()
+    assert backlog.waiting()
+
+
+def mixed_zip(root: Path, name: str, seed: int) -> tuple[Path, list[str]]:
+    """A ZIP whose files alternate between two SOP classes, as a CD with CT and MR series does."""
+    source = root / "src" / name
+    files = sorted(write_study(source, seed=seed, n_series=2, per_series=6, rows=8, cols=8))
+    for f in files[1::2]:
+        ds = dcmread(f)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.save_as(f, enforce_file_format=True)
+    return zip_folder(source, root / "incoming" / name), [str(dcmread(f).SOPInstanceUID) for f in files]
+
+
+def test_a_zip_whose_instances_alternate_between_sop_classes_needs_a_new_association_once(tmp_path, scp):
+    config = make_config(tmp_path, scp.port, send_batch_size=1)  # a share of one instance at a time
+    config = config.__class__(**{**config.__dict__, "max_associations": 1})
+    _, uids = mixed_zip(tmp_path, "mixed.zip", seed=60)
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
+    # The first association knew only the first SOP class; the one made when the second appeared proposes
+    # every context the ZIP needed so far, and carries the rest.
+    assert scp.associations <= 2
+
+
+@pytest.fixture
+def scp():
+    from tests.unit.test_pipeline import RecordingSCP
+
+    server = RecordingSCP()
+    yield server
+    server.stop()
+
+
+def test_associations_a_step_added_in_vain_leave_and_the_rest_deliver_everything(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(ramp, "SETTLE_SECONDS", 0.02)
+    monkeypatch.setattr(ramp, "GAIN", 1e9)  # no step ever raises the rate enough: the first one is undone
+    monkeypatch.setattr(delivery, "WARM_TIMEOUT", 1.0)
+    scp = SlowScp()
+    try:
+        config = make_config(tmp_path, scp.port, send_batch_size=2)
+        _, uids = study_zip(tmp_path, "study.zip", seed=61, n_series=4, per_series=20)
+        with caplog.at_level("DEBUG", logger="zip2pacs"):
+            [outcome] = process_all(config)
+    finally:
+        scp.server.shutdown()
+    assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
+    assert scp.most == 2  # the ramp tried a second association ...
+    assert "did not raise the rate; back to 1" in caplog.text  # ... and undid it
+    assert scp.active == 0
