@@ -45,8 +45,11 @@ HANDLED: dict[str, tuple[str, ...]] = {
     ),
     "pynetdicom.dsutils": ("pydicom.write_dataset() failed",),
     "pynetdicom.dul": ("Connection closed before the entire PDU was received",),
+    # watchdog 3+ says this when its inotify thread is stopped while a move out of the folder is being paired:
+    # harmless at a shutdown, and the rescan is the source of truth anyway.
+    "watchdog.observers.inotify": ("InotifyEmitter.queue_events() called when the thread is inactive",),
 }
-LIBRARIES = ("pydicom", "pynetdicom", "py.warnings")
+LIBRARIES = ("pydicom", "pynetdicom", "watchdog", "py.warnings")
 # pydicom quotes the value it finds invalid: a patient's name or birth date must not reach the log.
 _QUOTED_VALUE = re.compile(r"(Invalid value for VR \w+): .*", re.DOTALL)
 
@@ -86,7 +89,7 @@ def current() -> str:
 
 
 def is_handled(record: logging.LogRecord) -> bool:
-    """Return True for a pynetdicom record about a condition the watcher reports itself."""
+    """Return True for a library record about a condition the watcher reports itself, or a harmless one."""
     beginnings = HANDLED.get(record.name)
     if beginnings is None or record.levelno < logging.WARNING:
         return False

@@ -81,6 +81,18 @@ def test_errors_the_watcher_handles_itself_are_hidden_at_info(logs):
     ]
 
 
+def test_watchdogs_error_when_it_is_stopped_during_a_move_is_not_an_error_in_the_log(logs):
+    setup_logging(logs)
+    # What watchdog 3+ logs when the watcher stops while it pairs a ZIP moved to archive/ (seen at each stop)
+    logging.getLogger("watchdog.observers.inotify").error(
+        "InotifyEmitter.queue_events() called when the thread is inactive"
+    )
+    logging.getLogger("watchdog.observers.inotify").error("Something watchdog has never said")
+    assert [line.split(" | ", 1)[1] for line in log_lines(logs)] == [
+        "ERROR | watchdog: Something watchdog has never said"
+    ]
+
+
 def test_errors_the_watcher_handles_itself_are_debug_lines_without_traceback_at_debug(logs):
     setup_logging(parse_config({"logging": {"level": "DEBUG"}}, logs.source))
     _pynetdicom_encode_failure()
