@@ -20,7 +20,7 @@ from .dedup import Seen, decide
 from .destinations import DEFAULT_NAME, Destination, dimse
 from .ledger import Ledger
 from .progress import Progress
-from .ramp import Ramp
+from .ramp import Learned, Ramp
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
 from .stowrs import DestinationUnavailable, StowConnection
@@ -86,6 +86,7 @@ class Delivery:
         hash_first: bool = False,
         destination: Destination | None = None,
         tag: str = "",
+        learned: Learned | None = None,
     ):
         self.config, self.ledger, self.start, self.zip_name = config, ledger, start, zip_name
         self.stop, self.progress = stop, progress
@@ -103,7 +104,8 @@ class Delivery:
         self.backlog = Backlog(lead, config.send_batch_size)
         self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
         self.lock = threading.Lock()
-        self.ramp = Ramp(self.destination.max_associations)
+        self.learned = learned  # what earlier ZIPs to this destination taught the ramp, kept by the caller
+        self.ramp = Ramp(self.destination.max_associations, start=learned.start(self.key) if learned else 1)
         self.senders: list[threading.Thread] = []
         self.completed = 0  # C-STORE results so far, for the ramp's rates
         self.known: dict[Context, None] = {}  # the contexts the ZIP's instances need so far
@@ -151,6 +153,8 @@ class Delivery:
                 for thread in alive:  # the ramp may start one more until the last batch is taken
                     thread.join()
         self._send_spares()
+        if self.learned is not None:
+            self.learned.settle(self.key, self.ramp)
         self.progress.finish()
         return self.attempt
 

@@ -25,9 +25,10 @@ FIRST_RESULTS = 4  # the first step only needs a rate to compare the next with
 class Ramp:
     """Decide when more associations should send; thread-safe."""
 
-    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic, start: int = 1):
         self.cap, self.clock = cap, clock
         self.size = 1
+        self._start = min(max(start, 1), cap)  # what the last ZIP to this destination settled on (Learned)
         self.closed = cap <= 1
         self.why = "" if cap > 1 else "dicom.max_associations is 1"
         self._lock = threading.Lock()
@@ -43,6 +44,11 @@ class Ramp:
         with self._lock:
             if self.closed or self._opening or not backlog:
                 return 0
+            if self._start > self.size:  # straight to what served the last ZIP; judged from there
+                step, self._start = self._start - self.size, 0
+                self.size += step
+                self._opening = step
+                return step
             elapsed, got = self.clock() - self._since, done - self._done_at_change
             needed = FIRST_RESULTS if self._rate_before is None else max(SETTLE_RESULTS, 2 * self.size)
             if elapsed < SETTLE_SECONDS or got < needed:
@@ -100,3 +106,26 @@ class Ramp:
             self.closed, self.why = True, why
             if not self._opening:
                 self._since = self.clock()
+
+
+class Learned:
+    """What this process learnt of each destination: how many associations its last ZIP settled on.
+
+    The next ZIP to it starts there instead of at one; the ramp still goes up from there, and undoes a step
+    that did not help, but never goes below it. A ZIP whose ramp never had to decide teaches nothing.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str) -> int:
+        """Return how many associations a ZIP to ``key`` starts with once instances wait."""
+        with self._lock:
+            return self._sizes.get(key, 1)
+
+    def settle(self, key: str, ramp: Ramp) -> None:
+        """Remember where the ramp of a ZIP to ``key`` settled, when it settled."""
+        if ramp.closed and ramp.cap > 1:
+            with self._lock:
+                self._sizes[key] = ramp.size

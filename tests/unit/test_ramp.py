@@ -13,7 +13,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from tests.unit.test_pipeline import make_config, process_all, study_zip
 from zip2pacs import delivery, ramp
 from zip2pacs.ledger import ZipState
-from zip2pacs.ramp import Ramp
+from zip2pacs.ramp import Learned, Ramp
 
 
 class Clock:
@@ -147,3 +147,27 @@ def test_a_peer_that_rejects_further_associations_gets_everything_with_no_failur
     assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
     assert "going on with 1 association(s)" in caplog.text  # the ramp tried, and took the answer
     assert not [r for r in caplog.records if r.name.startswith("zip2pacs") and r.levelno >= logging.WARNING]
+
+
+def test_the_next_zip_starts_where_the_last_one_settled_but_only_when_instances_wait():
+    clock = Clock()
+    learned = Learned()
+    first = Ramp(cap=8, clock=clock, start=learned.start("pacs"))
+    clock.now = 1.0
+    assert first.more(100, backlog=True) == 1
+    first.opened(100)
+    clock.now = 2.0
+    assert first.more(400, backlog=True) == 6 and first.size == 8  # 300/s with two after 100/s with one
+    learned.settle("pacs", first)
+    assert learned.start("pacs") == 1  # the last step was not judged yet: nothing learnt
+    for _ in range(6):
+        first.opened(400)
+    clock.now = 3.0
+    assert first.more(1300, backlog=True) == 0 and first.closed  # 900/s with eight: kept, at the cap
+    learned.settle("pacs", first)
+    assert (learned.start("pacs"), learned.start("other")) == (8, 1)
+
+    few = Ramp(cap=8, clock=clock, start=learned.start("pacs"))
+    assert few.more(0, backlog=False) == 0 and few.size == 1  # a ZIP of a few files: one association
+    many = Ramp(cap=8, clock=clock, start=learned.start("pacs"))
+    assert many.more(0, backlog=True) == 7 and many.size == 8  # at once, no settling first
