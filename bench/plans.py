@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clients import DcmtkStorescu, PynetdicomStorescu, Watcher
+from clients import DcmtkStorescu, PynetdicomStorescu, RunningWatcher, Watcher
 from corpora import Corpus
 from receivers import RECEIVERS, Receiver, TunedOrthanc
 from report import DCMTK, DCMTK_NODELAY
@@ -89,13 +89,20 @@ def realistic(sets: list[Corpus]) -> list[Planned]:
 
 def wan(sets: list[Corpus], rtts_ms: list[int], rate_mbit: float | None) -> list[Planned]:
     """Return the WAN plan: the tuned Orthanc behind a delay line at each RTT; default config and storescu repeat."""
-    senders: list[Client] = [Watcher(None), Watcher(1), Watcher(2), Watcher(4), DcmtkStorescu(NODELAY)]
+    senders: list[Client] = [
+        Watcher(None),
+        RunningWatcher(),
+        Watcher(1),
+        Watcher(2),
+        Watcher(4),
+        DcmtkStorescu(NODELAY),
+    ]
     plan = []
     for corpus in sets:
         for rtt in rtts_ms:
             make = functools.partial(DelayedReceiver, TunedOrthanc, rtt, rate_mbit)
             name = label(TunedOrthanc.name, rtt)
             for client in senders:
-                every = client.name in ("watcher default", DCMTK_NODELAY)
+                every = client.name in ("watcher default", "watcher running", DCMTK_NODELAY)
                 plan.append(Planned(corpus, name, client, every, make, nagle_bound=False))
     return plan

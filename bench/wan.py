@@ -10,7 +10,7 @@ from receivers import Receiver
 from report import DCMTK_NODELAY, Cell, Results
 from targets import Check
 
-WATCHERS = ("watcher default", "watcher ma=1", "watcher ma=2", "watcher ma=4")
+WATCHERS = ("watcher default", "watcher running", "watcher ma=1", "watcher ma=2", "watcher ma=4")
 BASELINE = DCMTK_NODELAY
 TARGET_RTT_MS = (40, 80)
 TARGET_RATIO = {"small": 5.0, "ct": 3.0}  # the issue's: default config vs dcmtk storescu files/s, at RTT 40 and 80
@@ -93,14 +93,17 @@ def text_table(results: Results, sets: list[Corpus], receiver: str, rtts: list[i
 
 
 def checks(results: Results, sets: list[Corpus], receiver: str, rtts: list[int]) -> list[Check]:
-    """Return the issue's WAN targets: default config >= 5x (small) / 3x (CT) dcmtk storescu's files/s."""
+    """Return the issue's WAN targets: default config >= 5x (small) / 3x (CT) dcmtk storescu's files/s.
+
+    Checked for one run per ZIP (``--once``, start-up included) and for a watcher already running.
+    """
     out = []
     for corpus in sets:
         need = TARGET_RATIO.get(_kind(corpus))
-        for rtt in (r for r in TARGET_RTT_MS if r in rtts):
-            target = f"{corpus.spec.name}: RTT {rtt} ms, watcher default >= {need:g}x {BASELINE}'s files/s"
+        for rtt, who in ((r, w) for r in TARGET_RTT_MS if r in rtts for w in ("watcher default", "watcher running")):
+            target = f"{corpus.spec.name}: RTT {rtt} ms, {who} >= {need:g}x {BASELINE}'s files/s"
             base = _rate(results.get(corpus, label(receiver, rtt), BASELINE))
-            rate = _rate(results.get(corpus, label(receiver, rtt), "watcher default"))
+            rate = _rate(results.get(corpus, label(receiver, rtt), who))
             if need is None or base is None or rate is None:
                 out.append(Check(target, "n/a", "not measured"))
                 continue
