@@ -570,3 +570,33 @@ def test_check_proves_the_service_and_credentials_without_storing_anything(tmp_p
 def test_settings_that_cannot_work_are_refused_when_made(settings):
     with pytest.raises(ValueError, match="STOW-RS destination"):
         StowSettings(**settings)
+
+
+def test_a_refusal_shuts_the_gate_so_nothing_is_sent_until_the_pause_is_over_and_another_answer_opens_it(
+    tmp_path, stow_server
+):
+    from zip2pacs.pause import PAUSE_SECONDS, Gate
+    from zip2pacs.stowrs import CredentialsRefused
+
+    answers = iter([(403, {}, b""), (503, {}, b"down")])
+    server = stow_server(lambda seen: next(answers))
+    settings = StowSettings(server.base_url, name="web", username="watcher", password="pw")
+    clock = [0.0]
+    gate = Gate(settings, clock=lambda: clock[0])
+    settings = dataclasses.replace(settings, gate=gate)
+    instances = study(tmp_path, 2)
+
+    def send() -> None:
+        with StowConnection(settings) as connection:
+            connection.store(instances)
+
+    with pytest.raises(CredentialsRefused) as raised:
+        send()
+    assert raised.value.status == 403 and gate.refusal is not None and gate.refusal.status == 403
+    with pytest.raises(DestinationUnavailable, match="web is paused: web: the server refuses our credentials"):
+        send()
+    assert len(server.posts()) == 1
+    clock[0] += PAUSE_SECONDS  # one request tries again; a 503 is no refusal of our credentials
+    with pytest.raises(DestinationUnavailable, match="HTTP 503"):
+        send()
+    assert len(server.posts()) == 2 and gate.refusal is None
