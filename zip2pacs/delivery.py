@@ -24,7 +24,7 @@ from .ramp import Learned, Ramp
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
 from .stowrs import DestinationUnavailable, StowConnection
-from .unzip import ArchiveError, ExtractedFile, LocalError, extract_zip
+from .unzip import ArchiveError, ExtractedFile, Extraction, LocalError, extract_zip
 from .zipstart import ZipStart
 
 LOGGER = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Attempt:
     associations: int = 0  # associations made to send it
     local_error: LocalError | None = None  # this machine failed: no verdict on the ZIP
     unexpected: BaseException | None = None  # a bug or an unforeseen condition: no verdict either
+    extraction: Extraction | None = None  # the ZIP extracted whole, for another destination to read again
 
     def count(self, outcome: Outcome) -> int:
         return sum(r.outcome is outcome for r in self.results)
@@ -87,6 +88,7 @@ class Delivery:
         destination: Destination | None = None,
         tag: str = "",
         learned: Learned | None = None,
+        extracted: Extraction | None = None,
     ):
         self.config, self.ledger, self.start, self.zip_name = config, ledger, start, zip_name
         self.stop, self.progress = stop, progress
@@ -96,6 +98,7 @@ class Delivery:
         self.key = self.destination.key
         self.peer = self.destination.peer or config.peer  # a stowrs destination uses it for batch planning only
         self.tag = tag or zip_name  # what log lines call the ZIP (with the destination's name when several)
+        self.given = extracted  # the ZIP extracted whole by another destination's attempt: read, not extracted
         self.attempt = Attempt()
         self.seen = Seen()
         self.spares: dict[str, list[Instance]] = {}  # SOP Instance UID -> other files of this ZIP holding it
@@ -120,16 +123,10 @@ class Delivery:
         self.progress.start(self.zip_name, 0, 0)
         self._start_sender(None)
         try:
-            extraction = extract_zip(
-                zip_path,
-                work,
-                self.config.limits,
-                on_file=self._examine,
-                file=self.start.claim.file,
-                on_listing=self._listed,
-            )
+            extraction = self._extract(zip_path, work)
             for arcname, reason in extraction.skipped:
                 self._skip(arcname, reason, logging.WARNING)
+            self.attempt.extraction = extraction
         except _Interrupted:
             self.attempt.interrupted = True
             self._halt("stopped before the whole ZIP was read")
@@ -157,6 +154,23 @@ class Delivery:
             self.learned.settle(self.key, self.ramp)
         self.progress.finish()
         return self.attempt
+
+    def _extract(self, zip_path: Path, work: Path) -> Extraction:
+        """Extract the ZIP, examining each file as it comes out; or examine the files another attempt extracted."""
+        if self.given is None:
+            return extract_zip(
+                zip_path,
+                work,
+                self.config.limits,
+                on_file=self._examine,
+                file=self.start.claim.file,
+                on_listing=self._listed,
+            )
+        files = self.given.files
+        self._listed(len(files) + len(self.given.skipped), sum(f.size for f in files))
+        for f in files:
+            self._examine(f)
+        return self.given
 
     def _send_spares(self) -> None:
         """Send another copy of each instance the peer refused, while this ZIP holds one."""

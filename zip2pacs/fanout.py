@@ -3,8 +3,9 @@
 Each destination has its own record of the ZIP (the ledger's zips table is keyed by hash and destination), its
 own dedup and its own back-off. The ZIP is archived once every destination has everything meant for it; it stays
 in the watch folder while one is pending; a refusal for good by one sends it to failed/ with a reason naming it.
-The ZIP is extracted again for each destination: simple, and the price is disk reads, not network. A destination
-paused for its credentials (pause.py) is not tried: the ZIP stays pending for it.
+The ZIP is extracted once, by the first attempt that reads it whole; the next destinations' attempts examine the
+same files (each with its own dedup), and the work folder goes only when every one is done. A destination paused
+for its credentials (pause.py) is not tried: the ZIP stays pending for it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .destinations import Destination
 from .intake import ReadyZip
 from .ledger import Counts, ZipRecord, ZipState
 from .moves import write_reason
+from .unzip import Extraction
 from .zipstart import ClaimedZip, ZipStart
 
 if TYPE_CHECKING:
@@ -69,16 +71,31 @@ def fan_out(p: Pipeline, z: ReadyZip, claim: ClaimedZip, work: Path, started: fl
     """Run an attempt for each destination that has something to do, then move the ZIP as their verdicts say."""
     legs: list[Leg] = []
     sha = ""  # hashed once, by the first destination's start, and shared with the others
+    extraction: Extraction | None = None  # extracted once, by the first attempt that read the ZIP whole
     for d in p.destinations:
         if p.stop.is_set() or (p.skip_not_due and not p._due_for(z, d)) or p.pauses.shut(d):
             legs.append(_untried(p, z, d))
             continue
         start = ZipStart(p.ledger, d.key, claim, max_gap, sha)
-        shutil.rmtree(work, ignore_errors=True)  # the previous destination's extraction
+        if extraction is None:
+            shutil.rmtree(work, ignore_errors=True)  # what a previous attempt left of an incomplete extraction
         tag, began = f"{z.path.name} [{d.name}]", time.monotonic()
         hash_first = p.hash_first and d.key == p.peer.key
-        delivery = Delivery(p.config, p.ledger, start, z.path.name, p.stop, p.progress, hash_first, d, tag)
+        delivery = Delivery(
+            p.config,
+            p.ledger,
+            start,
+            z.path.name,
+            p.stop,
+            p.progress,
+            hash_first,
+            d,
+            tag,
+            learned=p.learned,
+            extracted=extraction,
+        )
         a = delivery.run(z.path, work)
+        extraction = extraction or a.extraction
         paused = p.pauses.settle(d, z.path.name)
         p._bytes, p._associations = max(p._bytes, a.total_bytes or z.size), p._associations + a.associations
         leg = p.judge(z, Leg(d, start, paused=paused), a, began)

@@ -20,6 +20,7 @@ from .ledger import Counts, Ledger, ZipRecord, ZipState
 from .moves import move_claimed, write_reason
 from .pause import Pauses
 from .progress import Progress
+from .ramp import Learned
 from .retry import backoff_delay
 from .sender import Outcome, StoreResult
 from .unzip import DiskSpaceLow, LocalError, UnreadableZip
@@ -38,7 +39,7 @@ def _utc(ts: float) -> str:
 class Pipeline:
     """Deliver ZIPs to each configured destination, recording everything in the ledger.
 
-    With several destinations, each gets an attempt of its own over the ZIP (extracted again for each), with its
+    With several destinations, each gets an attempt of its own over the ZIP (extracted once for all), with its
     own record, dedup and back-off; the ZIP is archived once every destination has everything meant for it.
     """
 
@@ -61,6 +62,7 @@ class Pipeline:
         self._associations = 0  # ... and the associations it made
         # ZIPs imported from the original script are known by their hash alone: wait for it before sending.
         self.hash_first = legacy.has_zips_known_only_by_hash(ledger, config.peer.key)
+        self.learned = Learned()  # how many associations each destination's last ZIP settled on (ramp.py)
 
     # --- scheduling ------------------------------------------------------------------------------
 
@@ -142,7 +144,17 @@ class Pipeline:
 
     def _attempt(self, z: ReadyZip, start: ZipStart, work: Path, started: float) -> ZipOutcome:
         d = self.destinations[0] if self.config.destinations_given else None
-        delivery = Delivery(self.config, self.ledger, start, z.path.name, self.stop, self.progress, self.hash_first, d)
+        delivery = Delivery(
+            self.config,
+            self.ledger,
+            start,
+            z.path.name,
+            self.stop,
+            self.progress,
+            self.hash_first,
+            d,
+            learned=self.learned,
+        )
         a = delivery.run(z.path, work)
         paused = self.pauses.settle(delivery.destination, z.path.name)
         self._bytes, self._associations = a.total_bytes or z.size, a.associations

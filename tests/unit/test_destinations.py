@@ -279,3 +279,16 @@ def test_a_zip_counts_once_failed_when_one_destination_failed_it_and_a_duplicate
             "a": {"delivered": 2, "duplicate": 1},
             "b": {"failed": 1, "delivered": 1, "duplicate": 1},
         }
+
+
+def test_a_zip_to_two_destinations_is_extracted_once_and_each_gets_every_instance(tmp_path, two, monkeypatch):
+    from zip2pacs import delivery
+
+    folders, extract = [], delivery.extract_zip
+    monkeypatch.setattr(delivery, "extract_zip", lambda *a, **k: folders.append(a[1]) or extract(*a, **k))
+    a, b = two
+    config = make_config(tmp_path, [dimse("local", a.port), dimse("tele", b.port)])
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=49)
+    assert run_once(config) is True
+    assert len(folders) == 1 and sorted(a.stored) == sorted(uids) and sorted(b.stored) == sorted(uids)
+    assert not folders[0].exists()  # removed once both were done with it

@@ -98,7 +98,7 @@ def test_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path):
     with Ledger(path) as ledger:
         record = ledger.zip_by_sha("zz", PEER)
         assert record is not None and ledger.history(record.id) == []
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_attempts_that_did_not_deliver_are_kept_as_history(tmp_path):

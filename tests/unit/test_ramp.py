@@ -171,3 +171,26 @@ def test_the_next_zip_starts_where_the_last_one_settled_but_only_when_instances_
     assert few.more(0, backlog=False) == 0 and few.size == 1  # a ZIP of a few files: one association
     many = Ramp(cap=8, clock=clock, start=learned.start("pacs"))
     assert many.more(0, backlog=True) == 7 and many.size == 8  # at once, no settling first
+
+
+def test_the_second_zip_to_a_peer_starts_with_the_associations_the_first_settled_on(tmp_path, quick_ramp, monkeypatch):
+    starts: list[int] = []
+
+    class Recorded(Ramp):
+        def __init__(self, cap: int, clock=time.monotonic, start: int = 1):
+            starts.append(start)
+            super().__init__(cap, clock, start)
+
+    monkeypatch.setattr(delivery, "Ramp", Recorded)
+    scp = SlowScp()
+    try:
+        config = make_config(tmp_path, scp.port, send_batch_size=2)
+        config = config.__class__(**{**config.__dict__, "max_associations": 3})
+        _, first = study_zip(tmp_path, "first.zip", seed=42, n_series=2, per_series=30)
+        _, second = study_zip(tmp_path, "second.zip", seed=43, n_series=2, per_series=30)
+        outcomes = process_all(config)  # one pipeline, as the service runs: first.zip, then second.zip
+    finally:
+        scp.server.shutdown()
+    assert [o.state for o in outcomes] == [ZipState.DELIVERED, ZipState.DELIVERED]
+    assert sorted(scp.stored) == sorted(first + second) and scp.most == 3
+    assert starts == [1, 3]  # the second ZIP opens its three associations at once
