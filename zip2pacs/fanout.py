@@ -36,7 +36,7 @@ LOGGER = logging.getLogger(__name__)
 class ZipOutcome:
     name: str
     state: ZipState
-    counts: Counts
+    counts: Counts  # with several destinations, summed over them (an instance sent to two counts twice)
     seconds: float
     error: str = ""
     final_path: Path | None = None
@@ -51,6 +51,7 @@ class Leg:
     record: ZipRecord | None = None  # None: a duplicate, or no record yet
     state: ZipState = ZipState.PENDING
     counts: Counts = field(default_factory=Counts)
+    filtered: int = 0  # instances its filter does not take (in counts.skipped, not in counts.found)
     why: str = ""
     entries: list[tuple[str, str]] = field(default_factory=list)
     retry_after: float = 0.0  # the destination asked us to wait this long (STOW-RS Retry-After)
@@ -65,6 +66,42 @@ def _utc(ts: float) -> str:
 def _total(legs: list[Leg]) -> Counts:
     """Return the legs' counts summed field by field (an instance sent to two destinations counts twice)."""
     return Counts(*(sum(getattr(leg.counts, f.name) for leg in legs) for f in fields(Counts)))
+
+
+def summary(legs: list[Leg]) -> str:
+    """Return the final line's counts: the ZIP's entries and instances once, then what each destination got.
+
+    ``6 entries: 6 instances; local: sent 6; strict: sent 3, failed 3``; each destination's counts add up to the
+    ZIP's instances.
+    """
+    examined = [leg for leg in legs if leg.start is not None and leg.state is not ZipState.DUPLICATE]
+    if examined:  # an attempt cut short saw fewer entries: the fullest look counts
+        c, filtered = max(((leg.counts, leg.filtered) for leg in examined), key=lambda cf: cf[0].found + cf[0].skipped)
+        skipped = c.skipped - filtered
+        whole = f"{c.found + c.skipped} entries: {c.found + filtered} instances" + (
+            f", skipped {skipped}" if skipped else ""
+        )
+    else:
+        whole = "not examined this time"
+    return "; ".join([whole, *(f"{leg.destination.name}: {_got(leg)}" for leg in legs)])
+
+
+def _got(leg: Leg) -> str:
+    """Return what became of the ZIP's instances at one destination, naming only the counts that are not 0."""
+    if leg.start is None and leg.state is not ZipState.DELIVERED:
+        return "not tried this time"
+    if leg.start is None or leg.state is ZipState.DUPLICATE:
+        return "delivered before"
+    c = leg.counts
+    counted = (
+        ("sent", c.sent),
+        ("duplicates", c.duplicates),
+        ("failed", c.failed),
+        ("pending", c.pending),
+        ("filtered out", leg.filtered),
+    )
+    text = ", ".join(f"{word} {n}" for word, n in counted if n) or "nothing to send"
+    return text + (f" (changed {c.changed})" if c.changed else "")
 
 
 def fan_out(p: Pipeline, z: ReadyZip, claim: ClaimedZip, work: Path, started: float, max_gap: float) -> ZipOutcome:
@@ -168,10 +205,15 @@ def _fail(p: Pipeline, z: ReadyZip, legs: list[Leg], failed: list[Leg], start: Z
                 for n, problem in leg.entries
             ],
             "destinations": [
-                {"destination": leg.destination.name, "peer": leg.destination.key, "state": _final(leg, failed)}
+                {
+                    "destination": leg.destination.name,
+                    "peer": leg.destination.key,
+                    "state": _final(leg, failed),
+                    **({"counts": asdict(leg.counts)} if leg.start is not None else {}),  # tried this time
+                }
                 for leg in legs
             ],
-            "counts": asdict(_total(legs)),
+            "counts": asdict(first.counts),  # the first refusing destination's, like peer, attempts and history
             "attempts": first.record.attempts,
             "history": p.ledger.history(first.record.id),
             "first_seen": _utc(first.record.first_seen),
@@ -179,7 +221,7 @@ def _fail(p: Pipeline, z: ReadyZip, legs: list[Leg], failed: list[Leg], start: Z
         },
     )
     LOGGER.error("%s: moved to %s: %s", z.path.name, target, why)
-    return p._report(z, ZipState.FAILED, _total(legs), started, error=why, final_path=target)
+    return p._report(z, ZipState.FAILED, _total(legs), started, why, target, summary(legs))
 
 
 def _final(leg: Leg, failed: list[Leg]) -> str:
@@ -220,7 +262,7 @@ def _postpone(p: Pipeline, z: ReadyZip, legs: list[Leg], started: float) -> ZipO
         )
     waiting = [leg for leg in legs if leg.state is ZipState.PENDING]
     why = "; ".join(f"{leg.destination.name}: {leg.why}" for leg in waiting) or "nothing tried"
-    return p._report(z, ZipState.PENDING, _total(legs), started, error=why)
+    return p._report(z, ZipState.PENDING, _total(legs), started, why, summary=summary(legs))
 
 
 def _archive(p: Pipeline, z: ReadyZip, legs: list[Leg], start: ZipStart, started: float) -> ZipOutcome:
@@ -255,4 +297,4 @@ def _archive(p: Pipeline, z: ReadyZip, legs: list[Leg], start: ZipStart, started
             target.name,
         )
         return ZipOutcome(z.path.name, ZipState.DUPLICATE, Counts(), time.monotonic() - started, final_path=target)
-    return p._report(z, ZipState.DELIVERED, _total(legs), started, final_path=target)
+    return p._report(z, ZipState.DELIVERED, _total(legs), started, final_path=target, summary=summary(legs))

@@ -22,8 +22,9 @@ from .pause import Pauses
 from .progress import Progress
 from .ramp import Learned
 from .retry import backoff_delay
-from .sender import Outcome, StoreResult
+from .sender import Outcome
 from .unzip import DiskSpaceLow, LocalError, UnreadableZip
+from .verdicts import describe
 from .workdir import work_folder
 from .zipstart import ClaimedZip, ZipChanged, ZipStart
 
@@ -209,6 +210,7 @@ class Pipeline:
         pending = a.count(Outcome.TRANSIENT) + a.unsent
         skipped = a.skipped + a.filtered  # an instance the destination does not take counts as skipped for it
         leg.counts = Counts(a.found - a.filtered, sent, a.duplicates, skipped, len(permanent), a.changed, pending)
+        leg.filtered = a.filtered
         leg.why = self._no_verdict(z, a, record)
         if leg.why:
             return self._pending(leg, started, give_up)
@@ -227,7 +229,7 @@ class Pipeline:
             leg.why = a.unsent_reason or transient[0]
             return self._pending(leg, started, give_up)
         if permanent:
-            leg.entries = [(a.names.get(r.instance.path, r.instance.path.name), self._describe(r)) for r in permanent]
+            leg.entries = [(a.names.get(r.instance.path, r.instance.path.name), describe(r)) for r in permanent]
             by = f"{d.name} ({d.key})" if self.several else d.key
             leg.why = f"{len(permanent)} instance(s) refused by {by}"
             return leg
@@ -315,12 +317,6 @@ class Pipeline:
 
     # --- endings ---------------------------------------------------------------------------------
 
-    def _describe(self, r: StoreResult) -> str:
-        status = f"0x{r.status:04X}" if r.status is not None else "no status"
-        return (
-            f"SOP Instance UID {r.instance.sop_instance_uid}, SOP Class {r.instance.sop_class_uid}: {status} {r.detail}"
-        )
-
     def _postpone(
         self,
         z: ReadyZip,
@@ -380,14 +376,18 @@ class Pipeline:
         started: float,
         error: str = "",
         final_path: Path | None = None,
+        summary: str = "",
     ) -> ZipOutcome:
+        """Log the ZIP's one final line and return its outcome; ``summary`` replaces the counts (several destinations)."""
         seconds = max(time.monotonic() - started, 1e-6)
-        # The same rates as the live progress line: instances sent, and uncompressed MB, per second.
+        # The same rates as the live progress line: instances sent (to every destination), and uncompressed MB, per
+        # second. With several destinations "; " ends the last destination's counts, which hold commas of their own.
         LOGGER.info(
-            "%s: %s - %s, %.1f s (%.0f files/s, %.1f MB/s, %d association(s))",
+            "%s: %s - %s%s%.1f s (%.0f files/s, %.1f MB/s, %d association(s))",
             z.path.name,
             state.value,
-            counts.summary(),
+            summary or counts.summary(),
+            "; " if summary else ", ",
             seconds,
             counts.sent / seconds,
             self._bytes / 1e6 / seconds,

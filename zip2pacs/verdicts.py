@@ -21,6 +21,8 @@ from .sniff import Instance
 
 LOGGER = logging.getLogger(__name__)
 
+NO_CONTEXT = "peer accepted no presentation context"  # how no_context() begins: the instance was never sent
+
 
 class Outcome(enum.Enum):
     STORED = "stored"  # 0x0000
@@ -55,13 +57,23 @@ def no_context(instance: Instance, group: Group, accepted: Collection[str], poli
     )
     taken = ", ".join(syntax_name(ts) for ts in dict.fromkeys(accepted)) or "none"
     detail = (
-        f"peer accepted no presentation context for {syntax_name(instance.sop_class_uid)} "
+        f"{NO_CONTEXT} for {syntax_name(instance.sop_class_uid)} "
         f"in {', '.join(syntax_name(ts) for ts in proposed)} (accepted for this SOP class: {taken})"
     )
     why = why_not_decompressed(instance.transfer_syntax, policy)
     if why and why != "it is not compressed":
         detail += f"; not sent decompressed: {why}"
     return detail
+
+
+def describe(r: StoreResult) -> str:
+    """Return a reason file's words for a refused instance: which one, its status code once, and why."""
+    what = r.detail
+    if r.status is None and what.startswith(NO_CONTEXT):
+        what = f"not sent: the {what}"
+    elif r.status is not None and f"0x{r.status:04X}" not in what:  # result_of() puts it first, STOW-RS inside
+        what = f"0x{r.status:04X} {what}"
+    return f"SOP Instance UID {r.instance.sop_instance_uid}, SOP Class {r.instance.sop_class_uid}: {what}"
 
 
 def result_of(instance: Instance, code: int | None, comment: str, mode: Mode) -> StoreResult:

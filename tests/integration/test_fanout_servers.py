@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE
 
 from tests.conftest import Workspace
@@ -208,7 +208,9 @@ def test_a_destination_refusing_a_sop_class_sends_the_zip_to_failed_and_retry_fa
     reason = json.loads((workspace.failed / "study.zip.error.json").read_text())
     assert reason["destination"] == "strict" and reason["reason"].startswith("strict: "), reason["reason"]
     assert [e["destination"] for e in reason["entries"]] == ["strict"] * len(sc)
-    assert all("Secondary Capture" in e["problem"] for e in reason["entries"]), reason["entries"]
+    assert sorted(e["problem"].split(",")[0] for e in reason["entries"]) == sorted(f"SOP Instance UID {u}" for u in sc)
+    refused = f"SOP Class {SecondaryCaptureImageStorage}: not sent: the peer accepted no presentation context for "
+    assert all(refused + "Secondary Capture Image Storage in " in e["problem"] for e in reason["entries"]), reason
     assert {d["destination"]: d["state"] for d in reason["destinations"]} == {"local": "delivered", "strict": "failed"}
 
     strict.stop()  # the operator lets it take every SOP class, on the same port

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import SecondaryCaptureImageStorage
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
 
 from tests.unit.test_pipeline import RecordingSCP, study_zip
 from zip2pacs.config import ConfigError, parse_config
@@ -61,6 +62,32 @@ def scp_on(port: int) -> RecordingSCP:
     )
     server.port = port
     return server
+
+
+def ct_only() -> RecordingSCP:
+    """Return a RecordingSCP that takes CT only: Secondary Capture is refused at negotiation, so it has no status."""
+    server = RecordingSCP()
+    server.stop()  # its handlers are kept, behind an AE that supports fewer SOP classes
+    ae = AE(ae_title="TESTPACS")
+    ae.add_supported_context(CTImageStorage)
+    ae.add_supported_context(Verification)
+    server.server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, server.handle), (evt.EVT_ESTABLISHED, server.count)],
+    )
+    server.port = server.server.server_address[1]
+    return server
+
+
+def final_line(caplog: pytest.LogCaptureFixture, name: str) -> str:
+    """Return the one INFO line that ends a ZIP's attempt (``name: state - counts``), as logged."""
+    [line] = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and r.getMessage().startswith(f"{name}: ") and " s (" in r.getMessage()
+    ]
+    return line
 
 
 @pytest.fixture
@@ -292,3 +319,67 @@ def test_a_zip_to_two_destinations_is_extracted_once_and_each_gets_every_instanc
     assert run_once(config) is True
     assert len(folders) == 1 and sorted(a.stored) == sorted(uids) and sorted(b.stored) == sorted(uids)
     assert not folders[0].exists()  # removed once both were done with it
+
+
+def test_an_instance_a_destination_takes_in_no_presentation_context_reads_as_not_sent_in_the_reason_file(tmp_path):
+    local, strict = RecordingSCP(), ct_only()
+    try:
+        config = make_config(tmp_path, [dimse("local", local.port), dimse("strict", strict.port)])
+        zip_path, ct, sc = mixed_zip(tmp_path, "study.zip", seed=50)
+        assert run_once(config) is False
+        assert sorted(strict.stored) == sorted(ct) and sorted(local.stored) == sorted(ct + sc)
+    finally:
+        local.stop()
+        strict.stop()
+    reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
+    problems = {e["problem"].split(",")[0]: e["problem"] for e in reason["entries"]}
+    assert sorted(problems) == sorted(f"SOP Instance UID {uid}" for uid in sc)
+    for uid in sc:
+        assert problems[f"SOP Instance UID {uid}"].startswith(
+            f"SOP Instance UID {uid}, SOP Class {SecondaryCaptureImageStorage}: not sent: the peer accepted no "
+            "presentation context for Secondary Capture Image Storage in "
+        ), problems
+
+
+def test_the_final_line_of_a_zip_sent_to_two_destinations_counts_its_entries_once_and_each_destination_apart(
+    tmp_path, two, caplog
+):
+    local, strict = two
+    config = make_config(tmp_path, [dimse("local", local.port), dimse("strict", strict.port)])
+    mixed_zip(tmp_path, "study.zip", seed=51)
+    strict.status_for = lambda ds: 0xC000 if ds.SOPClassUID == SecondaryCaptureImageStorage else 0x0000
+    with caplog.at_level(logging.INFO, logger="zip2pacs"):
+        assert run_once(config) is False
+    assert final_line(caplog, "study.zip").startswith(
+        "study.zip: failed - 6 entries: 6 instances; local: sent 6; strict: sent 3, failed 3; "
+    )
+    reason = json.loads((config.failed_dir / "study.zip.error.json").read_text())
+    assert reason["counts"]["found"] == 6 and reason["counts"]["failed"] == 3, "counted once, for strict"
+    counts = {d["destination"]: (d["counts"]["sent"], d["counts"]["failed"]) for d in reason["destinations"]}
+    assert counts == {"local": (6, 0), "strict": (3, 3)}
+
+
+def test_the_final_line_names_skipped_entries_once_and_what_waits_for_a_destination_down(tmp_path, caplog):
+    local = RecordingSCP()
+    try:
+        config = make_config(tmp_path, [dimse("local", local.port), dimse("tele", free_port())])
+        study_zip(tmp_path, "study.zip", seed=52)  # 6 instances and 2 files that are not DICOM
+        with caplog.at_level(logging.INFO, logger="zip2pacs"):
+            assert run_once(config) is False
+    finally:
+        local.stop()
+    assert final_line(caplog, "study.zip").startswith(
+        "study.zip: pending - 8 entries: 6 instances, skipped 2; local: sent 6; tele: pending 6; "
+    )
+
+
+def test_the_final_line_says_how_many_instances_a_destination_does_not_take(tmp_path, two, caplog):
+    a, b = two
+    ct_only_filter = {**dimse("ct", b.port), "sop_classes": [CTImageStorage]}
+    config = make_config(tmp_path, [dimse("all", a.port), ct_only_filter])
+    mixed_zip(tmp_path, "study.zip", seed=53)
+    with caplog.at_level(logging.INFO, logger="zip2pacs"):
+        assert run_once(config) is True
+    assert final_line(caplog, "study.zip").startswith(
+        "study.zip: delivered - 6 entries: 6 instances; all: sent 6; ct: sent 3, filtered out 3; "
+    )

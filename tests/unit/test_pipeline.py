@@ -241,6 +241,17 @@ def test_permanent_refusal_moves_the_zip_to_failed_naming_instance_and_status(tm
     assert reason["counts"]["sent"] == 5
 
 
+def test_a_refusal_with_a_status_reads_in_the_reason_file_with_the_status_code_once(tmp_path, scp):
+    config = make_config(tmp_path, scp.port)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=77)
+    scp.status_for = lambda ds: 0xC000 if str(ds.SOPInstanceUID) == uids[0] else 0x0000
+    [outcome] = process_all(config)
+    assert outcome.state is ZipState.FAILED
+    [entry] = json.loads((config.failed_dir / "study.zip.error.json").read_text())["entries"]
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    assert entry["problem"] == f"SOP Instance UID {uids[0]}, SOP Class {ct}: 0xC000 Cannot Understand (streamed)"
+
+
 def test_run_once_waits_for_a_zip_to_settle_before_taking_it(tmp_path, scp):
     config = make_config(tmp_path, scp.port, wait_zip_complete_seconds=0.3)
     study_zip(tmp_path, "study.zip", seed=8)
