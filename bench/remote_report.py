@@ -25,11 +25,14 @@ METHOD = """\
   both ends, so the sender's TCP window over the emulated link is the line's buffer (32 MB per direction),
   not its own socket buffers: the figures show round-trip costs, not window limits.
 - Senders: the watcher (`dicom_zip_watcher.py CONFIG --once`, fresh ZIP copy, ledger and folders) with its default
-  configuration (no `dicom.max_associations` in the file) and with `max_associations` 1, 2 and 4; dcmtk
+  configuration (no `dicom.max_associations` in the file) and with `max_associations` 1, 2 and 4 (caps of the
+  ramp; 1 is one association); `watcher running` is the default configuration as a clinic runs it: the watcher
+  is started first, and the time runs from the ZIP's rename into `incoming/` until it is in `archive/` (its
+  interpreter start-up and imports, about 0.95 s here, are paid once per start, not per ZIP); dcmtk
   `storescu -aec AET -R +sd +r` on the extracted files (Debian's, `/usr/bin/storescu`); `NODELAY` means
   `TCP_NODELAY=1` in its environment. Every receiver is started fresh for every run.
 - Rounds: the first round measures every cell; later rounds repeat the cells the targets use (the default
-  configuration, dcmtk storescu NODELAY, and on loopback `ma=2` too); medians over the good runs. The stock
+  configuration, once per ZIP and running, dcmtk storescu NODELAY, and on loopback `ma=2` too); medians over the good runs. The stock
   Orthanc stalls every baseline on a delayed ACK: those runs are stopped after {cap:g} s and rated on what they
   sent, once."""
 
