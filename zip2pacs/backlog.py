@@ -52,8 +52,8 @@ class Backlog:
         return self._closed
 
     def waiting(self) -> bool:
-        """Return True when more waits than a sender takes at once, or anything waits once the extraction is over."""
-        return len(self._items) >= self.batch or (self._closed and bool(self._items))
+        """Return True when at least a batch waits: less is not worth a further association's round trips."""
+        return len(self._items) >= self.batch
 
     def give_back(self, instances: list[Instance]) -> None:
         """Put a share taken but not sent back in front, for another sender."""

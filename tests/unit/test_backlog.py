@@ -60,17 +60,16 @@ def test_the_extractor_waits_when_the_backlog_is_full_and_a_stow_sender_waits_fo
     assert len(got[0]) == 3
 
 
-def test_waiting_means_a_batch_waits_or_anything_once_the_extraction_is_over():
+def test_waiting_means_a_whole_batch_waits_even_once_the_extraction_is_over():
     backlog = Backlog(limit=100, batch=5)
     backlog.put(items(4), timeout=0)
     assert not backlog.waiting()
     backlog.put(items(1), timeout=0)
     assert backlog.waiting()
     backlog.take(senders=1)
-    backlog.put(items(1), timeout=0)
-    assert not backlog.waiting()
+    backlog.put(items(4), timeout=0)
     backlog.close()
-    assert backlog.waiting()
+    assert not backlog.waiting()  # the last few: not worth a further association
 
 
 def mixed_zip(root: Path, name: str, seed: int) -> tuple[Path, list[str]]:
@@ -120,3 +119,18 @@ def test_associations_a_step_added_in_vain_leave_and_the_rest_deliver_everything
     assert scp.most == 2  # the ramp tried a second association ...
     assert "did not raise the rate; back to 1" in caplog.text  # ... and undid it
     assert scp.active == 0
+
+
+def test_a_zip_of_fewer_instances_than_a_batch_is_sent_on_one_association_even_to_a_slow_peer(tmp_path, monkeypatch):
+    monkeypatch.setattr(ramp, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(ramp, "FIRST_RESULTS", 1)
+    monkeypatch.setattr(ramp, "GAIN", 0.0)  # any step would count as a gain: only "nothing waits" stops it
+    scp = SlowScp()
+    try:
+        config = make_config(tmp_path, scp.port)  # send_batch_size 25
+        _, uids = study_zip(tmp_path, "study.zip", seed=62, n_series=2, per_series=10)
+        [outcome] = process_all(config)
+    finally:
+        scp.server.shutdown()
+    assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
+    assert scp.most == 1  # 20 instances: a second association is not worth its round trips
