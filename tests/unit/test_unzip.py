@@ -154,6 +154,18 @@ def test_symbolic_link_entry_is_skipped_and_no_link_is_created(tmp_path):
     assert files_under(tmp_path / "out") == set()
 
 
+def test_a_folder_of_the_destination_that_is_a_link_outside_gets_no_file_however_many_entries_go_there(tmp_path):
+    outside, dest = tmp_path / "outside", tmp_path / "work"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "CD").symlink_to(outside)  # left there by someone else: extraction must not follow it
+    zp = make_zip(tmp_path / "a.zip", [("CD/IM1", b"one"), ("CD/IM2", b"two"), ("OK/IM3", b"three")])
+    result = extract_zip(zp, dest)
+    assert [arc for arc, _ in result.skipped] == ["CD/IM1", "CD/IM2"]
+    assert all("outside the extraction folder" in why for _, why in result.skipped)
+    assert list(outside.iterdir()) == [] and [f.arcname for f in result.files] == ["OK/IM3"]
+
+
 def test_fifo_and_device_entries_are_skipped(tmp_path):
     zip_path = make_zip(
         tmp_path / "special.zip",
