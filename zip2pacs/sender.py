@@ -59,6 +59,7 @@ class Connection:
         self.assoc: Association | None = None
         self.lane: Lane | None = None  # held for the association's life: pynetdicom's threads stay quiet
         self.proposed: frozenset[Context] = frozenset()
+        self.own: frozenset[Context] = frozenset()  # ... of which those the association was made for
         # Contexts a new association also proposes (the ZIP's so far), so the next instances need no other one.
         self.wider: tuple[Context, ...] = ()
         self.accepted: dict[str, dict[str, int]] = {}  # SOP class -> syntax -> context ID
@@ -191,12 +192,27 @@ class Connection:
         self.message_id = self.message_id % 65535 + 1
         return self.message_id
 
+    def _covers(self, group: Group) -> bool:
+        """Return True when the association serves the group: each context proposed for itself, or accepted.
+
+        A context the peer refused as an extra (proposed for the ZIP's later files) gets an association of its
+        own before its verdict: a peer may accept alone what it refused among others.
+        """
+        for c in group.contexts:
+            if c not in self.proposed:
+                return False
+            if c not in self.own and not any(
+                ts in self.accepted.get(c.abstract_syntax, {}) for ts in c.transfer_syntaxes
+            ):
+                return False
+        return True
+
     def _association_for(self, group: Group) -> Association:
         idle = time.monotonic() - self.last_used
         fresh = idle < min(REUSE_IDLE_SECONDS, self.peer.network_timeout / 2)
         assoc = self.assoc
         quiet = self.lane is None or not self.lane.peer_spoke()
-        if assoc is not None and assoc.is_established and fresh and quiet and set(group.contexts) <= self.proposed:
+        if assoc is not None and assoc.is_established and fresh and quiet and self._covers(group):
             return assoc
         self.close()
         proposal = group.contexts + tuple(c for c in self.wider if c not in group.contexts)
@@ -204,6 +220,7 @@ class Connection:
         contexts = [build_context(c.abstract_syntax, list(c.transfer_syntaxes)) for c in proposal]
         assoc = associate(self.peer, contexts)
         self.assoc, self.proposed, self.message_id, self.answered = assoc, frozenset(proposal), 0, 0
+        self.own = frozenset(group.contexts)
         self.associations += 1
         try:
             self.lane = open_lane(assoc, assoc.dimse_timeout)

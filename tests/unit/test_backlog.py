@@ -32,13 +32,10 @@ def test_a_sender_takes_its_share_of_what_waits_and_one_sender_alone_takes_a_bat
     assert len(backlog.take(senders=8)) == 3
 
 
-def test_a_share_given_back_is_taken_next_in_its_order_and_the_end_is_none_once_closed():
+def test_shares_are_taken_in_order_and_the_end_is_none_once_closed():
     backlog = Backlog(limit=10, batch=4)
     first, rest = items(2), items(3)
     backlog.put(first + rest, timeout=0)
-    share = backlog.take(senders=1)
-    assert share == first + rest[:2]
-    backlog.give_back(share)
     backlog.close()
     assert backlog.take(senders=1) == first + rest[:2]
     assert backlog.take(senders=1) == rest[2:]
@@ -134,3 +131,41 @@ def test_a_zip_of_fewer_instances_than_a_batch_is_sent_on_one_association_even_t
         scp.server.shutdown()
     assert outcome.state is ZipState.DELIVERED and sorted(scp.stored) == sorted(uids)
     assert scp.most == 1  # 20 instances: a second association is not worth its round trips
+
+
+def test_a_context_the_peer_refused_as_an_extra_gets_an_association_of_its_own_before_its_verdict(tmp_path):
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    from tests.unit.test_sender import instance_of
+    from zip2pacs import sender
+    from zip2pacs.association import Peer
+    from zip2pacs.contexts import plan_groups
+    from zip2pacs.sender import Outcome
+
+    _, _ = mixed_zip(tmp_path, "mixed.zip", seed=63)
+    files = sorted(p for p in (tmp_path / "src" / "mixed.zip").rglob("*") if p.is_file())
+    instances = [instance_of(f) for f in files]
+    ct = next(i for i in instances if i.sop_class_uid == CTImageStorage)
+    mr = next(i for i in instances if i.sop_class_uid == MRImageStorage)
+    opened: list[int] = []
+    ae = AE(ae_title="CTONLY")
+    ae.add_supported_context(CTImageStorage)  # a peer that takes CT only
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000), (evt.EVT_ESTABLISHED, lambda e: opened.append(1))],
+    )
+    try:
+        peer = Peer(port=server.server_address[1], ae_title="CTONLY", acse_timeout=5, dimse_timeout=5)
+        with sender.Connection(peer) as connection:
+            connection.wider = plan_groups([ct, mr])[0].contexts  # MR proposed beside CT, and refused
+            [first] = connection.store([ct])
+            [second] = connection.store([mr])
+    finally:
+        server.shutdown()
+    assert first.outcome is Outcome.STORED
+    assert second.outcome is Outcome.PERMANENT and "no presentation context" in second.detail
+    # The verdict comes from an association that proposed MR for itself, not from one that took it as an extra:
+    # a peer may accept a context alone that it refused among others.
+    assert len(opened) == 2
