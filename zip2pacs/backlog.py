@@ -55,12 +55,6 @@ class Backlog:
         """Return True when at least a batch waits: less is not worth a further association's round trips."""
         return len(self._items) >= self.batch
 
-    def give_back(self, instances: list[Instance]) -> None:
-        """Put a share taken but not sent back in front, for another sender."""
-        with self._cond:
-            self._items.extendleft(reversed(instances))
-            self._cond.notify_all()
-
     def take(self, senders: int, least: int = 1) -> list[Instance] | None:
         """Return this sender's share among ``senders``, once ``least`` wait; None once all was taken.
 

@@ -333,10 +333,9 @@ class Delivery:
                 return
             self.ramp.opened(self.completed)
             LOGGER.debug("%s: association %d opened", self.tag, self.ramp.size)
-        while (batch := self._next_batch(connection)) is not None:
-            if self.ramp.leave():  # the last step did not raise the rate: this share goes back, this one leaves
-                self.backlog.give_back(batch)
-                return
+        # The last step did not raise the rate: the associations it added leave before their next share (never
+        # after taking one: the senders that stay might already have found the backlog empty and gone).
+        while not self.ramp.leave() and (batch := self._next_batch(connection)) is not None:
             if self.stop.is_set():
                 self._halt("stopped before sending everything")
             if self.hash_first and not self.halt.is_set() and self._delivered_before():

@@ -226,7 +226,7 @@ class Pipeline:
         leg.zip_level, leg.entries = False, []
         if a.count(Outcome.TRANSIENT) or a.unsent:
             transient = [r.detail for r in a.results if r.outcome is Outcome.TRANSIENT]
-            leg.why = a.unsent_reason or transient[0]
+            leg.why = a.unsent_reason or (transient[0] if transient else f"{a.unsent} instance(s) not sent")
             return self._pending(leg, started, give_up)
         if permanent:
             leg.entries = [(a.names.get(r.instance.path, r.instance.path.name), describe(r)) for r in permanent]
