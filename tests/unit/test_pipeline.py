@@ -278,6 +278,8 @@ def test_parallel_associations_deliver_every_instance_exactly_once(tmp_path, scp
 
 def test_one_association_carries_every_batch_of_a_zip(tmp_path, scp):
     config = make_config(tmp_path, scp.port, send_batch_size=2)
+    # Reuse across batches, not the ramp: on a slow machine the ramp may add one once 4 results took 0.15 s.
+    config = config.__class__(**{**config.__dict__, "max_associations": 1})
     _, uids = study_zip(tmp_path, "study.zip", seed=10, n_series=2, per_series=4)
 
     [outcome] = process_all(config)
