@@ -47,10 +47,6 @@ class Backlog:
             self._closed = True
             self._cond.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def waiting(self) -> bool:
         """Return True when at least a batch waits: less is not worth a further association's round trips."""
         return len(self._items) >= self.batch

@@ -143,7 +143,7 @@ def test_a_context_the_peer_refused_as_an_extra_gets_an_association_of_its_own_b
     from zip2pacs.contexts import plan_groups
     from zip2pacs.sender import Outcome
 
-    _, _ = mixed_zip(tmp_path, "mixed.zip", seed=63)
+    mixed_zip(tmp_path, "mixed.zip", seed=63)
     files = sorted(p for p in (tmp_path / "src" / "mixed.zip").rglob("*") if p.is_file())
     instances = [instance_of(f) for f in files]
     ct = next(i for i in instances if i.sop_class_uid == CTImageStorage)
