@@ -47,6 +47,12 @@ class Backlog:
             self._closed = True
             self._cond.notify_all()
 
+    def give_back(self, instances: list[Instance]) -> None:
+        """Put back, first in line, instances a sender took and could not send (a STOW-RS request throttled)."""
+        with self._cond:
+            self._items.extendleft(reversed(instances))
+            self._cond.notify_all()
+
     def waiting(self) -> bool:
         """Return True when at least a batch waits: less is not worth a further association's round trips."""
         return len(self._items) >= self.batch
@@ -55,14 +61,15 @@ class Backlog:
         """Return this sender's share among ``senders``, once ``least`` wait; None once all was taken.
 
         ``least`` above 1 makes a sender wait for a whole batch while the extraction goes on (STOW-RS: one
-        request carries many instances).
+        request carries many instances); once it is over, what is left is shared like any backlog.
         """
         with self._cond:
             while len(self._items) < least and not self._closed:
                 self._cond.wait()
             if not self._items:
                 return None
-            share = min(self.batch, max(least, math.ceil(len(self._items) / max(senders, 1))))
+            floor = 1 if self._closed else least
+            share = min(self.batch, max(floor, math.ceil(len(self._items) / max(senders, 1))))
             taken = [self._items.popleft() for _ in range(min(share, len(self._items)))]
             self._cond.notify_all()
             return taken

@@ -23,7 +23,7 @@ from .progress import Progress
 from .ramp import Learned, Ramp
 from .sender import Outcome, PeerUnavailable, StoreResult
 from .sniff import Instance, Kind, detect
-from .stowrs import DestinationUnavailable, StowConnection
+from .stowrs import DestinationUnavailable, StowConnection, Throttled
 from .unzip import ArchiveError, ExtractedFile, Extraction, LocalError, extract_zip
 from .zipstart import ZipStart
 
@@ -32,6 +32,7 @@ LOGGER = logging.getLogger(__name__)
 RAMP_EVERY = 4  # results between two looks of the senders at the ramp
 UNAVAILABLE = (PeerUnavailable, DestinationUnavailable)  # the destination cannot be used now: retried later
 WARM_TIMEOUT = 3.0  # seconds a further association may take to be accepted before the ramp stops
+LEFT, GAVE_WAY = "left", "gave way"  # why a sender ended before the backlog did: the ramp went back; throttled
 
 
 @dataclass
@@ -108,7 +109,15 @@ class Delivery:
         self.halt = threading.Event()  # stop sending: peer unavailable, struggling, or the ZIP is bad
         self.lock = threading.Lock()
         self.learned = learned  # what earlier ZIPs to this destination taught the ramp, kept by the caller
-        self.ramp = Ramp(self.destination.max_associations, start=learned.start(self.key) if learned else 1)
+        cap, stow = self.destination.max_associations, self.destination.stow is not None
+        first = cap if stow else 1  # STOW-RS: every request in flight at once (see ramp.py)
+        self.ramp = Ramp(
+            cap,
+            start=learned.start(self.key, first) if learned else first,
+            unit="request(s) in flight" if stow else "association(s)",
+            cap_key=f"max_requests of {self.destination.name}" if stow else "dicom.max_associations",
+        )
+        self.sending = 0  # STOW-RS senders that have not given way (see _give_way)
         self.senders: list[threading.Thread] = []
         self.completed = 0  # C-STORE results so far, for the ramp's rates
         self.known: dict[Context, None] = {}  # the contexts the ZIP's instances need so far
@@ -290,7 +299,7 @@ class Delivery:
             for _ in range(self.ramp.more(self.completed, backlog=self.backlog.waiting())):
                 self._start_sender(self.contexts)
             if self.ramp.closed and not was_closed:
-                LOGGER.debug("%s: going on with %d association(s): %s", self.tag, self.ramp.size, self.ramp.why)
+                LOGGER.debug("%s: going on with %d %s: %s", self.tag, self.ramp.size, self.ramp.unit, self.ramp.why)
 
     def _start_sender(self, warm: Group | None) -> None:
         thread = threading.Thread(target=self._send_loop, args=(warm,), name=f"sender-{len(self.senders)}")
@@ -301,8 +310,8 @@ class Delivery:
 
     def _next_batch(self, connection: sender.Connection | StowConnection) -> list[Instance] | None:
         """Return this sender's share of what waits, or None once the extraction is over and all was taken."""
-        if isinstance(connection, StowConnection):
-            return self.backlog.take(1, least=self.config.send_batch_size)  # one request, many instances
+        if isinstance(connection, StowConnection):  # one request, many instances
+            return self.backlog.take(self.ramp.senders(), least=self.config.send_batch_size)
         batch = self.backlog.take(self.ramp.senders())
         connection.wider = self.contexts.contexts if self.contexts else ()
         return batch
@@ -310,32 +319,55 @@ class Delivery:
     def _send_loop(self, warm: Group | None) -> None:
         # One association for the ZIP's batches, mostly; what the libraries log in this thread names the ZIP.
         with logcontext.about_zip(self.zip_name, self.attempt.names), self._connect() as connection:
+            with self.lock:
+                self.sending += 1
+            counted = True  # in self.sending, which a throttled STOW-RS sender reads before it gives way
             try:
-                self._send_batches(connection, warm)
+                while counted:
+                    ended = self._send_batches(connection, warm)
+                    warm = None
+                    with self.lock:  # the same lock as _give_way's: what is given back always has a sender
+                        if ended == GAVE_WAY:
+                            counted = False  # _give_way took it out
+                        elif ended or not (isinstance(connection, StowConnection) and len(self.backlog)):
+                            self.sending -= 1
+                            counted = False
             finally:
                 with self.lock:
                     self.attempt.associations += getattr(connection, "associations", 0)
+                    if counted:
+                        self.sending -= 1
 
     def _connect(self) -> sender.Connection | StowConnection:
         """Return a new connection to the destination: associations with a DIMSE peer, or one HTTP session."""
         if self.destination.stow is not None:
-            return StowConnection(self.destination.stow)
+            connection = StowConnection(self.destination.stow)
+            connection.may_yield = lambda: self.sending > 1  # a hint; _give_way decides under the lock
+            return connection
         return sender.Connection(self.peer)
 
-    def _send_batches(self, connection: sender.Connection | StowConnection, warm: Group | None) -> None:
-        if warm is not None and isinstance(connection, sender.Connection):  # the ramp adds DIMSE senders only
+    def _send_batches(self, connection: sender.Connection | StowConnection, warm: Group | None) -> str:
+        """Send shares of the backlog until none is left and return ""; or LEFT (the ramp went back), or GAVE_WAY."""
+        if warm is not None and isinstance(connection, StowConnection):
+            self.ramp.opened(self.completed)  # an HTTP session opens with its first request: nothing to wait for
+        if warm is not None and isinstance(connection, sender.Connection):
             # A further association is made before it takes a batch: a peer that refuses it, or serves one
             # association at a time and keeps it waiting, must not hold a batch up.
             why = connection.warm(warm, min(self.peer.acse_timeout, WARM_TIMEOUT))
             if why:
                 self.ramp.refused(f"the peer took no further association ({why})")
                 LOGGER.info("%s: going on with %d association(s): %s", self.tag, self.ramp.size, why)
-                return
+                return LEFT
             self.ramp.opened(self.completed)
             LOGGER.debug("%s: association %d opened", self.tag, self.ramp.size)
-        # The last step did not raise the rate: the associations it added leave before their next share (never
-        # after taking one: the senders that stay might already have found the backlog empty and gone).
-        while not self.ramp.leave() and (batch := self._next_batch(connection)) is not None:
+        while True:
+            # The last step did not raise the rate: the associations it added leave before their next share (never
+            # after taking one: the senders that stay might already have found the backlog empty and gone).
+            if self.ramp.leave():
+                return LEFT
+            batch = self._next_batch(connection)
+            if batch is None:
+                return ""
             if self.stop.is_set():
                 self._halt("stopped before sending everything")
             if self.hash_first and not self.halt.is_set() and self._delivered_before():
@@ -344,6 +376,10 @@ class Delivery:
                 continue  # drain, so the extractor never blocks; these stay unsent
             try:
                 results = connection.store(batch, on_result=self._record)
+            except Throttled as exc:
+                if self._give_way(exc):
+                    return GAVE_WAY
+                results = exc.results + [self._unsent(i, str(exc)) for i in exc.rest]  # the last sender: as before
             except UNAVAILABLE as exc:
                 self._wait_asked(getattr(exc, "retry_after", None))
                 LOGGER.warning("%s: %s is unavailable: %s", self.tag, self.key, exc)
@@ -368,6 +404,29 @@ class Delivery:
                 # One line for the batch: a CD of 500 images must not give 500 warnings.
                 LOGGER.warning("%s: %d instance(s) not stored this time: %s", self.tag, len(transient), transient[0])
                 self._halt(transient[0])  # keep the rest for the retry
+
+    def _give_way(self, exc: Throttled) -> bool:
+        """Leave the instances a throttled request did not store to the other senders; False when there are none.
+
+        Decided under the lock a sender that found the backlog empty takes before it ends: what is given back
+        always has a sender.
+        """
+        self._wait_asked(exc.retry_after)
+        with self.lock:
+            if self.sending <= 1:
+                return False
+            self.sending -= 1
+            self.attempt.results.extend(exc.results)
+            self.backlog.give_back(exc.rest)
+        self.ramp.refused(f"the server throttled a further request ({exc})")
+        LOGGER.info("%s: going on with %d %s: %s", self.tag, self.ramp.size, self.ramp.unit, self.ramp.why)
+        return True
+
+    def _unsent(self, instance: Instance, words: str) -> StoreResult:
+        """Return (and record) a TRANSIENT result for an instance a throttled request left, as a busy answer does."""
+        result = StoreResult(instance, Outcome.TRANSIENT, None, words)
+        self._record(result)
+        return result
 
     def _wait_asked(self, seconds: float | None) -> None:
         """Remember the longest wait a server asked for (STOW-RS Retry-After): the next retry is not sooner."""

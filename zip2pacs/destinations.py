@@ -17,6 +17,7 @@ from .stowrs import StowSettings
 KINDS = ("dimse", "stowrs")
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_NAME = "pacs"  # the one destination the `dicom:` section means when there is no `destinations:`
+MAX_REQUESTS = 4  # STOW-RS requests in flight at once, by default: below the 6 a browser opens to one host
 
 Check = Callable[[Any], str | None]  # returns what was expected, or None when fine
 
@@ -30,7 +31,7 @@ class Destination:
     key: str  # identity in the ledger: AE@host:port, or stowrs:<url>
     peer: Peer | None = None  # dimse
     stow: StowSettings | None = None  # stowrs
-    max_associations: int = 8
+    max_associations: int = 8  # dimse: associations at most; stowrs: requests in flight at most (max_requests)
     sop_classes: frozenset[str] = frozenset()  # empty: every SOP class
 
     def takes(self, instance: Instance) -> bool:
@@ -90,6 +91,7 @@ STOW_KEYS: dict[str, Check] = {
     "token_env": _str,
     "max_instances": _int(1, 100_000),
     "max_mb": _int(1, 2**20),
+    "max_requests": _int(1, 16),
     "timeout": _number,
 }
 REQUIRED = {"dimse": ("peer_host", "peer_port", "peer_ae_title"), "stowrs": ("url",)}
@@ -171,7 +173,9 @@ def _one(
         stow = _stow(item, name, base)
     except ValueError as exc:
         return None, [f"At '{where}': expected consistent STOW-RS settings, got {str(exc).split(': ', 1)[-1]}"]
-    return Destination(name, kind, "stowrs:" + stow.base_url, stow=stow, max_associations=1, sop_classes=uids), []
+    in_flight = item.get("max_requests", MAX_REQUESTS)
+    key = "stowrs:" + stow.base_url
+    return Destination(name, kind, key, stow=stow, max_associations=in_flight, sop_classes=uids), []
 
 
 def _stow(item: dict[str, Any], name: str, base: Path) -> StowSettings:

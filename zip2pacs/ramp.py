@@ -7,6 +7,12 @@ that nearly doubled it (``STRONG``: the link, not the peer, is what limits). The
 raise the rate is undone: the associations it added leave after their current share. The ramp also stops at
 the cap, or when the peer refuses or queues a further association. It only ramps while instances wait for a
 sender, so a ZIP of a few files never opens more than one association.
+
+A STOW-RS destination uses the same ramp for its requests in flight, but starts at its cap (``max_requests``)
+as soon as batches wait: an HTTP server is built to serve several requests at once, and one request's results
+come in a burst that a rate measured over a few requests would misjudge. A request the server throttles takes
+one sender away for the rest of the ZIP; the next ZIP starts at what was left (Learned), and goes up from
+there as associations do, while a step raises the rate.
 """
 
 from __future__ import annotations
@@ -25,12 +31,20 @@ FIRST_RESULTS = 4  # the first step only needs a rate to compare the next with
 class Ramp:
     """Decide when more associations should send; thread-safe."""
 
-    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic, start: int = 1):
+    def __init__(
+        self,
+        cap: int,
+        clock: Callable[[], float] = time.monotonic,
+        start: int = 1,
+        unit: str = "associations",
+        cap_key: str = "dicom.max_associations",
+    ):
         self.cap, self.clock = cap, clock
+        self.unit, self.cap_key = unit, cap_key  # for messages: what is counted, and the key that caps it
         self.size = 1
         self._start = min(max(start, 1), cap)  # what the last ZIP to this destination settled on (Learned)
         self.closed = cap <= 1
-        self.why = "" if cap > 1 else "dicom.max_associations is 1"
+        self.why = "" if cap > 1 else f"{cap_key} is 1"
         self._lock = threading.Lock()
         self._since = clock()
         self._done_at_change = 0
@@ -58,7 +72,7 @@ class Ramp:
                 self._undo(rate)
                 return 0
             if self.size >= self.cap:
-                self.closed, self.why = True, f"at dicom.max_associations ({self.cap})"
+                self.closed, self.why = True, f"at {self.cap_key} ({self.cap})"
                 return 0
             strong = self._rate_before is not None and rate >= self._rate_before * STRONG
             step = min(self.size * (3 if strong else 1), self.cap - self.size)
@@ -73,7 +87,7 @@ class Ramp:
         added = self.size - self._size_before
         self._leaving += added
         self.closed = True
-        self.why = f"going from {self._size_before} to {self.size} associations did not raise the rate"
+        self.why = f"going from {self._size_before} to {self.size} {self.unit} did not raise the rate"
         self.size = self._size_before
         if added:
             self.why += f"; back to {self.size}"
@@ -99,7 +113,8 @@ class Ramp:
                 self._since, self._done_at_change = self.clock(), done
 
     def refused(self, why: str) -> None:
-        """The peer refused, or kept waiting, one association started by the last step: no further step."""
+        """One sender fewer, and no further step: the peer refused, or kept waiting, an association the last step
+        started; or a STOW-RS server throttled (429/503) one of several requests in flight."""
         with self._lock:
             self.size -= 1
             self._opening = max(self._opening - 1, 0)
@@ -119,10 +134,10 @@ class Learned:
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def start(self, key: str) -> int:
-        """Return how many associations a ZIP to ``key`` starts with once instances wait."""
+    def start(self, key: str, first: int = 1) -> int:
+        """Return how many senders a ZIP to ``key`` starts with once instances wait; ``first`` when nothing was learnt."""
         with self._lock:
-            return self._sizes.get(key, 1)
+            return self._sizes.get(key, first)
 
     def settle(self, key: str, ramp: Ramp) -> None:
         """Remember where the ramp of a ZIP to ``key`` settled, when it settled."""

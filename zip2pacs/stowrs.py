@@ -48,6 +48,7 @@ __all__ = [
     "DestinationUnavailable",
     "StowConnection",
     "StowSettings",
+    "Throttled",
     "check",
     "plan_requests",
 ]
@@ -57,6 +58,21 @@ LOGGER = logging.getLogger(__name__)
 CHUNK = 256 * 1024  # bytes read from a file, and sent, at a time
 MULTIPART = 'multipart/related; type="application/dicom"'
 ACCEPT = "application/dicom+json"  # alone: Orthanc reads the header whole; an XML answer is read all the same
+THROTTLED = (408, 429, 503)  # a server that takes fewer requests at once may say so with these
+
+
+class Throttled(Exception):
+    """The server throttled a request while others were in flight, and this connection gave way (may_yield).
+
+    ``results`` are the instances judged before (already given to on_result); ``rest`` were not judged: they
+    go back to the backlog for the connections still sending.
+    """
+
+    def __init__(self, words: str, retry_after: float | None):
+        super().__init__(words)
+        self.retry_after = retry_after
+        self.results: list[StoreResult] = []
+        self.rest: list[Instance] = []
 
 
 @dataclass(frozen=True)
@@ -215,6 +231,9 @@ class StowConnection:
         self.retry_after: float | None = None  # the longest Retry-After of the last store(), in seconds
         self.answered = 0  # HTTP answers on this session: a transport error after one may be a closed keep-alive
         self.sent: tuple[object, ...] = ()  # the fingerprint of the credentials sent (see pause.Gate.admit)
+        # Asked when the server throttles a request: True when another connection goes on sending, so this
+        # one gives way (store raises Throttled) instead of leaving its instances for a later attempt.
+        self.may_yield: Callable[[], bool] | None = None
 
     def __enter__(self) -> StowConnection:
         return self
@@ -234,6 +253,7 @@ class StowConnection:
         Raise DestinationUnavailable when the service cannot be used and nothing was judged yet (refused,
         unreachable, TLS, credentials, 5xx); once some are, the rest are TRANSIENT with the same words.
         Raise OSError when a file cannot be read (this machine's problem, no verdict on the instance).
+        Raise Throttled when the server throttled a request (408, 429, 503) and may_yield() said to give way.
         """
         results: dict[int, StoreResult] = {}
         self.retry_after = None
@@ -252,6 +272,11 @@ class StowConnection:
             self._authorize()
             for batch in plan_requests(instances, self.settings.max_instances, self.settings.max_bytes):
                 self._judge(instances, batch, record)
+        except Throttled as exc:
+            self.retry_after = exc.retry_after
+            exc.results = [results[index] for index in sorted(results)]
+            exc.rest = [instances[index] for index in range(len(instances)) if index not in results]
+            raise
         except DestinationUnavailable as exc:
             if exc.retry_after is not None:
                 self.retry_after = max(self.retry_after or 0.0, exc.retry_after)
@@ -264,7 +289,14 @@ class StowConnection:
 
     def _judge(self, instances: Sequence[Instance], batch: list[int], record: Callable[..., None]) -> None:
         """Send one request and record what its answer settles; send the rest again in halves, down to one."""
-        reply = self._exchange([instances[i] for i in batch])
+        try:
+            reply = self._exchange([instances[i] for i in batch])
+        except DestinationUnavailable as exc:
+            if exc.status in THROTTLED and not isinstance(exc, CredentialsRefused):
+                self._give_way(str(exc), exc.retry_after)
+            raise
+        if reply.busy and reply.status in THROTTLED:
+            self._give_way(reply.words, reply.retry_after)
         settled, again = judge([instances[i].sop_instance_uid for i in batch], reply)
         for position, (outcome, status, detail) in settled.items():
             record(batch[position], outcome, status, detail)
@@ -272,6 +304,11 @@ class StowConnection:
         for part in (again[:half], again[half:]):
             if part:
                 self._judge(instances, [batch[p] for p in part], record)
+
+    def _give_way(self, words: str, retry_after: float | None) -> None:
+        """Raise Throttled when another connection goes on sending; return to judge the answer as it is if not."""
+        if self.may_yield is not None and self.may_yield():
+            raise Throttled(words, retry_after)
 
     def _exchange(self, batch: list[Instance]) -> Reply:
         """POST one request and return its answer; raise DestinationUnavailable when the service cannot be used."""

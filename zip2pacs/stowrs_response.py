@@ -55,17 +55,17 @@ WARNING_WORDS = {
 class DestinationUnavailable(Exception):
     """Nothing could be stored (unreachable, TLS failure, credentials refused, server error): delivery is delayed."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
         super().__init__(message)
         self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After), when it did
+        self.status = status  # the HTTP status that said so; None: no answer (unreachable, TLS, ...)
 
 
 class CredentialsRefused(DestinationUnavailable):
     """The server refused our credentials (401/403; ``status`` None: we had no token to send): the destination pauses."""
 
     def __init__(self, message: str, status: int | None, retry_after: float | None = None):
-        super().__init__(message, retry_after)
-        self.status = status
+        super().__init__(message, retry_after, status)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def read(response: requests.Response, settings: StowSettings, url: str) -> Reply
     }.get(status, "")
     if 300 <= status < 400:
         hint = f": it redirects to {response.headers.get('Location', '?')} (set base_url to where it points)"
-    raise DestinationUnavailable(f"{settings.label}: the server answered {words}{hint}", wait)
+    raise DestinationUnavailable(f"{settings.label}: the server answered {words}{hint}", wait, status)
 
 
 def refused(settings: StowSettings, words: str) -> str:

@@ -79,3 +79,32 @@ def test_check_prints_one_block_per_destination(
     out = capsys.readouterr().out
     assert "Destination local (dimse" in out and "C-ECHO OK" in out
     assert "Destination cloud (stowrs" in out and "answers QIDO-RS" in out and "Not verified:" in out
+
+
+def test_several_stowrs_requests_in_flight_over_https_store_every_instance_of_a_zip(
+    tmp_path, dicomweb_orthanc: DicomWebOrthanc, dicomweb_https, dicomweb_pki, caplog
+):
+    raw = {
+        "behavior": {"wait_zip_complete_seconds": 0, "unreadable_zip_grace_seconds": 0, "send_batch_size": 4},
+        "limits": {"min_free_disk_mb": 0},
+        "destinations": [
+            {
+                "name": "cloud",
+                "kind": "stowrs",
+                "url": f"{dicomweb_https.url}/dicom-web",
+                "ca_file": str(dicomweb_pki.ca_file),
+                "username": DICOMWEB_USER,
+                "password": DICOMWEB_PASSWORD,
+                "max_requests": 4,
+            }
+        ],
+    }
+    config = parse_config(raw, tmp_path / "config.yaml")
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=63, n_series=3, per_series=12)
+    with caplog.at_level("DEBUG", logger="zip2pacs.stowrs"):
+        assert run_once(config) is True
+    assert dicomweb_orthanc.instances_uids() == set(uids) and (config.archive_dir / "study.zip").exists()
+    requests_ = caplog.text.count("cloud: HTTP 200 to ")
+    assert requests_ >= len(uids) // 4  # batches of send_batch_size, each in its own request
+    with Ledger(config.state_db) as ledger:
+        assert ledger.zips_by_state() == {"delivered": 1} and ledger.instance_count() == len(uids)

@@ -57,6 +57,18 @@ def test_the_extractor_waits_when_the_backlog_is_full_and_a_stow_sender_waits_fo
     assert len(got[0]) == 3
 
 
+def test_what_a_throttled_sender_gives_back_is_taken_first_and_once_closed_a_stow_tail_is_shared():
+    backlog = Backlog(limit=100, batch=4)
+    batch, later = items(4), items(6)
+    backlog.put(batch + later, timeout=0)
+    assert backlog.take(senders=1, least=4) == batch
+    backlog.give_back(batch)  # a STOW-RS request throttled: its instances go to the senders still going
+    assert backlog.take(senders=1, least=4) == batch and len(backlog) == 6
+    backlog.close()
+    assert len(backlog.take(senders=3, least=4)) == 2  # the extraction is over: three requests share the six
+    assert len(backlog.take(senders=3, least=4)) == 2
+
+
 def test_waiting_means_a_whole_batch_waits_even_once_the_extraction_is_over():
     backlog = Backlog(limit=100, batch=5)
     backlog.put(items(4), timeout=0)

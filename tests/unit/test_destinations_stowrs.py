@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from tests.unit.test_destinations import dimse, make_config
 from tests.unit.test_pipeline import RecordingSCP, study_zip
-from tests.unit.test_stowrs import Answerer, StowServer, stores_everything, stow_server  # noqa: F401
+from tests.unit.test_stowrs import Answerer, Seen, StowServer, stores_everything, stow_server  # noqa: F401
 from zip2pacs.daemon import run_once
 from zip2pacs.ledger import Ledger
 
@@ -67,3 +68,73 @@ def test_check_prints_a_block_per_destination_and_fails_when_one_refuses_our_cre
     finally:
         scp.stop()
     assert [seen.path for seen in web.seen] == ["/dicom-web/studies?limit=1"] * 2  # nothing was stored
+
+
+class InFlight:
+    """An answerer that counts the requests in flight, and throttles those beyond ``allowed`` (429)."""
+
+    def __init__(self, allowed: int = 99, seconds: float = 0.05):
+        self.allowed, self.seconds = allowed, seconds
+        self.now = self.most = self.throttled = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            over = self.now > self.allowed
+            self.throttled += over
+        try:
+            if over:
+                return 429, {"Retry-After": "600"}, b""
+            time.sleep(self.seconds)  # a server at work: the next requests arrive meanwhile
+            return stores_everything(seen)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def stored(self, server: StowServer) -> list[str]:
+        return sorted(u for seen in server.posts() for u in seen.uids if seen.status == 200)
+
+
+def test_a_stowrs_destination_keeps_up_to_max_requests_in_flight_and_sends_each_instance_once(tmp_path, stow_server):  # noqa: F811
+    counter = InFlight()
+    web = stow_server(counter)
+    config = make_config(tmp_path, [dict(stowrs("web", web), max_requests=3)], send_batch_size=3)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=73, per_series=15)
+    assert run_once(config) is True
+    assert counter.most == 3  # one request at a time before; never more than max_requests
+    assert counter.stored(web) == sorted(uids) and (config.archive_dir / "study.zip").exists()
+
+
+def test_a_server_that_throttles_further_requests_gets_the_zip_through_the_requests_it_takes(
+    tmp_path,
+    stow_server,  # noqa: F811
+    caplog,
+):
+    counter = InFlight(allowed=1)
+    web = stow_server(counter)
+    config = make_config(tmp_path, [stowrs("web", web)], send_batch_size=3)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=74, per_series=15)
+    with caplog.at_level("INFO", logger="zip2pacs"):
+        assert run_once(config) is True  # not pending for its Retry-After: the request in flight took the rest
+    assert counter.throttled >= 1 and counter.stored(web) == sorted(uids)  # each instance stored once
+    assert (config.archive_dir / "study.zip").exists() and not zip_path.exists()
+    assert "the server throttled a further request" in caplog.text
+    with Ledger(config.state_db) as ledger:
+        assert ledger.zips_by_state() == {"delivered": 1} and ledger.instance_count() == len(uids)
+
+
+def test_when_every_request_is_throttled_the_zip_waits_for_the_retry_after_and_nothing_is_lost(tmp_path, stow_server):  # noqa: F811
+    counter = InFlight(allowed=0)
+    web = stow_server(counter)
+    config = make_config(tmp_path, [stowrs("web", web)], send_batch_size=3)
+    zip_path, uids = study_zip(tmp_path, "study.zip", seed=75, per_series=15)
+    assert run_once(config) is False and zip_path.exists()
+    with Ledger(config.state_db) as ledger:
+        [(_, _, _, next_retry, error)] = ledger.pending()
+        assert ledger.instance_count() == 0
+    assert "429" in error and next_retry is not None and next_retry >= time.time() + 500  # its Retry-After: 600
+    counter.allowed = 99
+    assert run_once(config) is True
+    assert counter.stored(web) == sorted(uids) and (config.archive_dir / "study.zip").exists()

@@ -173,13 +173,29 @@ def test_the_next_zip_starts_where_the_last_one_settled_but_only_when_instances_
     assert many.more(0, backlog=True) == 7 and many.size == 8  # at once, no settling first
 
 
+def test_stow_requests_start_at_the_cap_and_the_next_zip_starts_below_the_level_the_server_throttled():
+    clock, learned = Clock(), Learned()
+    assert learned.start("web", 4) == 4  # nothing learnt: STOW-RS starts at its max_requests
+    stow = Ramp(cap=4, clock=clock, start=learned.start("web", 4), unit="request(s) in flight", cap_key="max_requests")
+    assert stow.more(0, backlog=False) == 0  # less than a batch waits: one request
+    assert stow.more(0, backlog=True) == 3 and stow.size == 4
+    for _ in range(3):
+        stow.opened(0)
+    stow.refused("the server throttled a further request (HTTP 429)")
+    stow.refused("the server throttled a further request (HTTP 429)")
+    assert stow.size == 2 and stow.closed and stow.more(100, backlog=True) == 0
+    learned.settle("web", stow)
+    assert learned.start("web", 4) == 2  # not the level that was throttled
+    assert Ramp(cap=1, unit="request(s) in flight", cap_key="max_requests of web").why == "max_requests of web is 1"
+
+
 def test_the_second_zip_to_a_peer_starts_with_the_associations_the_first_settled_on(tmp_path, quick_ramp, monkeypatch):
     starts: list[int] = []
 
     class Recorded(Ramp):
-        def __init__(self, cap: int, clock=time.monotonic, start: int = 1):
+        def __init__(self, cap: int, clock=time.monotonic, start: int = 1, **words: str):
             starts.append(start)
-            super().__init__(cap, clock, start)
+            super().__init__(cap, clock, start, **words)
 
     monkeypatch.setattr(delivery, "Ramp", Recorded)
     scp = SlowScp()

@@ -22,7 +22,15 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from tests.factories import make_dataset, write_dicom
 from zip2pacs.sniff import Instance, detect
-from zip2pacs.stowrs import DestinationUnavailable, StowConnection, StowSettings, check, plan_requests
+from zip2pacs.stowrs import (
+    CredentialsRefused,
+    DestinationUnavailable,
+    StowConnection,
+    StowSettings,
+    Throttled,
+    check,
+    plan_requests,
+)
 from zip2pacs.stowrs_response import Answer, Mention, Reply, judge, parse, verdict
 from zip2pacs.verdicts import Outcome, StoreResult
 
@@ -280,6 +288,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     parts: list[bytes]
+    status: int = 0  # what the server answered
 
     @property
     def uids(self) -> list[str]:
@@ -323,6 +332,7 @@ class StowServer:
             def _answer(self, seen: Seen) -> None:
                 server.seen.append(seen)
                 status, headers, body = server.answer(seen)
+                seen.status = status
                 if status == 0:  # close without answering, as a server that dropped a kept-alive connection
                     self.close_connection = True
                     return
@@ -495,6 +505,44 @@ def test_a_server_error_first_raises_but_after_some_results_leaves_the_rest_tran
     results = store(server, first + study(tmp_path, 1, "1.2.3.1001"))
     assert [r.outcome for r in results] == [Outcome.STORED, Outcome.STORED, Outcome.TRANSIENT]
     assert "HTTP 500" in results[2].detail
+
+
+@pytest.mark.parametrize("status", [429, 503, 408])
+def test_a_throttled_request_gives_way_with_what_it_did_not_store_when_another_connection_goes_on(
+    tmp_path, stow_server, status
+):
+    first = study(tmp_path, 2, "1.2.3.2000")
+    throttled = study(tmp_path, 3, "1.2.3.2001")
+    server = stow_server(
+        lambda seen: (
+            stores_everything(seen)
+            if seen.uids[0] in {i.sop_instance_uid for i in first}
+            else (status, {"Retry-After": "7"}, b"")
+        )
+    )
+    told: list[StoreResult] = []
+    with StowConnection(StowSettings(server.base_url)) as connection:
+        connection.may_yield = lambda: True
+        with pytest.raises(Throttled, match=str(status)) as raised:
+            connection.store(first + throttled, on_result=told.append)
+        assert connection.retry_after == 7 and raised.value.retry_after == 7
+    assert [r.outcome for r in raised.value.results] == [Outcome.STORED] * 2 and told == raised.value.results
+    assert raised.value.rest == throttled  # not judged, not given to on_result: another connection sends them
+    with StowConnection(StowSettings(server.base_url)) as alone:
+        alone.may_yield = lambda: False  # the last connection sending: judged as before, left for a later attempt
+        if status == 503:
+            with pytest.raises(DestinationUnavailable, match="503"):
+                alone.store(throttled)
+        else:
+            assert [r.outcome for r in alone.store(throttled)] == [Outcome.TRANSIENT] * 3
+
+
+def test_credentials_refused_while_others_send_are_no_throttling(tmp_path, stow_server):
+    server = stow_server(lambda seen: (401, {}, b""))
+    with StowConnection(StowSettings(server.base_url)) as connection:
+        connection.may_yield = lambda: True
+        with pytest.raises(CredentialsRefused):
+            connection.store(study(tmp_path, 1))
 
 
 def test_a_redirect_is_not_followed_but_named_as_the_base_url_to_set(tmp_path, stow_server):
